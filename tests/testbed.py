@@ -1,0 +1,154 @@
+"""The real-ComfyUI test bed: imports ComfyUI from COMFYUI_PATH, loads this pack through ComfyUI's own
+custom-node loader, and builds tiny SD1.x / SD2.x / SDXL UNets from ComfyUI's own model classes with
+deterministic random weights (no checkpoint can be downloaded here)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def import_comfyui() -> Path:
+    """Put ComfyUI on sys.path and force CPU mode before comfy.model_management is imported."""
+    path = os.environ.get("COMFYUI_PATH")
+    if not path:
+        raise RuntimeError("COMFYUI_PATH is not set: run the tests through scripts/test.sh")
+    root = Path(path).resolve()
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    import comfy.cli_args
+
+    comfy.cli_args.args.cpu = True
+    comfy.cli_args.args.disable_all_custom_nodes = False
+    return root
+
+
+def load_pack():
+    """Load this repository as a custom node, exactly the way ComfyUI's startup does."""
+    import_comfyui()
+    import nodes  # ComfyUI's nodes.py
+
+    module_name = str(REPO).replace(".", "_x_")
+    if module_name not in sys.modules:
+        ok = asyncio.run(nodes.load_custom_node(str(REPO)))
+        if not ok:
+            raise RuntimeError("ComfyUI could not load the pack")
+    return sys.modules[module_name]
+
+
+def pack_module(name: str):
+    """A submodule of the pack as ComfyUI loaded it, e.g. pack_module('nodes.eigen')."""
+    import importlib
+
+    pkg = load_pack()
+    return importlib.import_module(f"{pkg.__name__}.{name}")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Tiny models with the real architectures (shrunken widths, real block layout).
+
+def _tiny_unet_config(family: str) -> dict:
+    import torch
+
+    common = {
+        "use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
+        "legacy": False, "dtype": torch.float32, "in_channels": 4, "model_channels": 32,
+        "use_temporal_attention": False, "use_temporal_resblock": False,
+    }
+    if family == "sd15":
+        return {**common, "adm_in_channels": None, "num_res_blocks": [2, 2, 2, 2],
+                "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0], "channel_mult": [1, 2, 4, 4],
+                "transformer_depth_middle": 1, "use_linear_in_transformer": False, "context_dim": 64,
+                "num_heads": 8, "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0]}
+    if family == "sd20":
+        return {**common, "adm_in_channels": None, "num_res_blocks": [2, 2, 2, 2],
+                "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0], "channel_mult": [1, 2, 4, 4],
+                "transformer_depth_middle": 1, "use_linear_in_transformer": True, "context_dim": 64,
+                "num_head_channels": 16, "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0]}
+    if family == "sdxl":
+        return {**common, "num_classes": "sequential", "adm_in_channels": 2816, "num_res_blocks": [2, 2, 2],
+                "transformer_depth": [0, 0, 1, 1, 2, 2], "channel_mult": [1, 2, 4],
+                "transformer_depth_middle": 2, "use_linear_in_transformer": True, "context_dim": 64,
+                "num_head_channels": 16, "transformer_depth_output": [0, 0, 0, 1, 1, 1, 2, 2, 2]}
+    raise ValueError(family)
+
+
+# Block layout, depths and head structure are the real ones (SD1.5/SD2.x: 16 attn1 layers, SDXL here 2/1
+# transformers per level instead of 2/10, so 2*2+2*2 + 2 + 3*1+3*2... see test_layers); widths shrunk.
+FAMILIES = ("sd15", "sd20", "sdxl")
+
+
+def init_weights_(module, seed: int) -> None:
+    """ComfyUI's ops skip initialisation: give every parameter a deterministic, well-scaled value."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in sorted(module.named_parameters()):
+            if p.numel() == 0:
+                continue
+            if p.ndim >= 2:
+                fan_in = p[0].numel()
+                p.copy_(torch.randn(p.shape, generator=gen) / fan_in**0.5)
+            elif name.endswith("bias"):
+                p.copy_(0.02 * torch.randn(p.shape, generator=gen))
+            else:  # norm scales
+                p.copy_(1.0 + 0.05 * torch.randn(p.shape, generator=gen))
+
+
+def tiny_model(family: str = "sd15", seed: int = 0):
+    """A ModelPatcher around a tiny UNet of the given family, built by ComfyUI's own classes."""
+    import_comfyui()
+    import comfy.model_management
+    import comfy.model_patcher
+    import comfy.supported_models as sm
+
+    config_cls = {"sd15": sm.SD15, "sd20": sm.SD20, "sdxl": sm.SDXL}[family]
+    unet_config = _tiny_unet_config(family)
+    model_config = config_cls(unet_config)
+    # The family's unet_extra_config (num_heads / num_head_channels) was written over ours: restore the
+    # shrunken head layout so tiny widths still have several heads.
+    model_config.unet_config.update(unet_config)
+    model_config.set_inference_dtype(__import__("torch").float32, None)
+    base = model_config.get_model({})
+    init_weights_(base.diffusion_model, seed)
+    # Random weights make a residual stream that grows block after block; a small output layer keeps the
+    # predicted noise near unit scale, so sampled latents stay in a sane range like a trained model's.
+    with __import__("torch").no_grad():
+        for p in base.diffusion_model.out.parameters():
+            p.mul_(0.05)
+    base.eval()
+    device = comfy.model_management.get_torch_device()
+    return comfy.model_patcher.ModelPatcher(base, load_device=device, offload_device=device)
+
+
+def tiny_conditioning(family: str, seed: int, tokens: int = 77, batch: int = 1):
+    """A CONDITIONING list as CLIPTextEncode would give it (random token embeddings)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    cond = torch.randn((batch, tokens, 64), generator=gen)
+    extra = {}
+    if family == "sdxl":
+        extra = {"pooled_output": torch.randn((batch, 1280), generator=gen), "width": 256, "height": 256}
+    return [[cond, extra]]
+
+
+def sample(model, positive, negative, latent, *, seed=0, steps=6, cfg=4.0, sampler="euler",
+           scheduler="normal", denoise=1.0, batch_index=None):
+    """Run ComfyUI's own KSampler path (comfy.sample.sample) and return the denoised latent."""
+    import comfy.sample
+
+    noise = comfy.sample.prepare_noise(latent, seed, batch_index)
+    return comfy.sample.sample(model, noise, steps, cfg, sampler, scheduler, positive, negative, latent,
+                               denoise=denoise, seed=seed)
+
+
+def empty_latent(batch=1, size=16):
+    import torch
+
+    return torch.zeros((batch, 4, size, size))
