@@ -1,0 +1,23 @@
+"""The ComfyExtension that registers every node of the pack."""
+
+from __future__ import annotations
+
+from comfy_api.latest import ComfyExtension, io
+
+from .node_apply import ApplyLatentDirection
+from .node_directions import (ComputeAttentionEigendirections, LoadAttentionDirections, SaveAttentionDirections,
+                              register_folder)
+
+NODES: list[type[io.ComfyNode]] = [
+    ComputeAttentionEigendirections,
+    ApplyLatentDirection,
+    SaveAttentionDirections,
+    LoadAttentionDirections,
+]
+
+
+class SelfAttentionEditExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        # ComfyUI 0.3.75 does not call ComfyExtension.on_load; this runs once when the pack is loaded.
+        register_folder()
+        return list(NODES)

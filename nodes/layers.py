@@ -1,0 +1,179 @@
+"""Self-attention layers of an SD-family UNet: naming, resolution level, and user-facing selection.
+
+Pure Python: works on module paths and block structure, no ComfyUI import.
+
+A layer is named like ComfyUI's attention patch keys: "<block>.<block_id>.<depth>", e.g. "input.4.0",
+"middle.0.3", "output.11.0", where <depth> is the position inside the block's transformer_blocks
+(ComfyUI's extra_options["block_index"]).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_PATH = re.compile(r"^(input_blocks|middle_block|output_blocks)\.(\d+)\.(?:(\d+)\.)?transformer_blocks\.(\d+)$")
+_BLOCK = {"input_blocks": "input", "middle_block": "middle", "output_blocks": "output"}
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One self-attention (attn1) layer.
+
+    key: "input.4.0"; module_path: path of its BasicTransformerBlock inside the UNet;
+    width: d, the attn1 input width; level: number of 2x downsamplings between the latent and this layer
+    (0 = highest resolution, tokens = (latent_h * latent_w) / 4**level).
+    """
+
+    key: str
+    module_path: str
+    width: int
+    level: int
+
+    @property
+    def block(self) -> tuple[str, int]:
+        name, block_id, _ = self.key.split(".")
+        return name, int(block_id)
+
+    @property
+    def depth(self) -> int:
+        return int(self.key.split(".")[2])
+
+    @property
+    def patch_key(self) -> tuple[str, int, int]:
+        """The key ComfyUI's attn1 replace patches use: (block_name, block_id, block_index)."""
+        name, block_id = self.block
+        return name, block_id, self.depth
+
+
+def layer_key_from_path(module_path: str) -> str | None:
+    """'input_blocks.4.1.transformer_blocks.0' -> 'input.4.0'; 'middle_block.1.transformer_blocks.2' ->
+    'middle.0.2'; anything else -> None."""
+    m = _PATH.match(module_path)
+    if m is None:
+        return None
+    block, block_id, _, depth = m.groups()
+    if block == "middle_block":
+        block_id = "0"
+    return f"{_BLOCK[block]}.{int(block_id)}.{int(depth)}"
+
+
+def sort_key(layer_key: str):
+    """Execution order of the UNet: input blocks, middle, output blocks."""
+    name, block_id, depth = layer_key.split(".")
+    return ({"input": 0, "middle": 1, "output": 2}[name], int(block_id), int(depth))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Selection
+
+LAYER_PRESETS = (
+    "middle block",
+    "all",
+    "below latent resolution (FPE default)",
+    "latent resolution",
+    "lowest resolution",
+    "input blocks",
+    "output blocks",
+    "custom list",
+)
+
+CUSTOM_LIST_HELP = (
+    "comma-separated: 'middle', 'input', 'output', a block such as 'input.7' or 'output.3' "
+    "(every depth in it), or one layer 'input.7.0'; 'level:N' selects resolution level N "
+    "(0 = highest resolution, each level halves the side)"
+)
+
+
+def select_layers(layers: list[LayerInfo], preset: str, custom: str = "") -> list[LayerInfo]:
+    """The layers a preset (one of LAYER_PRESETS) names, in execution order.
+
+    Raises ValueError with a message naming the offending value when a preset or custom entry is
+    unknown or selects nothing."""
+    if not layers:
+        raise ValueError("the model has no UNet self-attention layers")
+    top = max(layer.level for layer in layers)
+    chosen: list[LayerInfo]
+    if preset == "all":
+        chosen = list(layers)
+    elif preset == "middle block":
+        chosen = [x for x in layers if x.block[0] == "middle"]
+    elif preset == "below latent resolution (FPE default)":
+        # FPE swaps maps of at most 32x32 tokens at 512 px (64x64 latent): every layer at least one
+        # downsampling below the latent, whatever the image size. On SD1.x/2.x: 11 of 16 layers.
+        chosen = [x for x in layers if x.level > 0]
+    elif preset == "latent resolution":
+        chosen = [x for x in layers if x.level == 0]
+    elif preset == "lowest resolution":
+        chosen = [x for x in layers if x.level == top]
+    elif preset == "input blocks":
+        chosen = [x for x in layers if x.block[0] == "input"]
+    elif preset == "output blocks":
+        chosen = [x for x in layers if x.block[0] == "output"]
+    elif preset == "custom list":
+        chosen = _select_custom(layers, custom)
+    else:
+        raise ValueError(f"unknown layer preset {preset!r}; choose one of {', '.join(LAYER_PRESETS)}")
+    if not chosen:
+        raise ValueError(f"layer selection {preset!r} matches no self-attention layer of this model")
+    return sorted(chosen, key=lambda x: sort_key(x.key))
+
+
+def _select_custom(layers: list[LayerInfo], custom: str) -> list[LayerInfo]:
+    entries = [e.strip() for e in custom.split(",") if e.strip()]
+    if not entries:
+        raise ValueError(f"'custom list' needs a layer list: {CUSTOM_LIST_HELP}")
+    chosen: dict[str, LayerInfo] = {}
+    for entry in entries:
+        matches = [x for x in layers if _matches(x, entry)]
+        if not matches:
+            known = ", ".join(x.key for x in layers)
+            raise ValueError(f"layer entry {entry!r} matches no self-attention layer; this model has: {known}")
+        chosen.update({x.key: x for x in matches})
+    return list(chosen.values())
+
+
+def _matches(layer: LayerInfo, entry: str) -> bool:
+    if entry.startswith("level:"):
+        try:
+            return layer.level == int(entry[len("level:"):])
+        except ValueError:
+            return False
+    parts = entry.split(".")
+    return layer.key.split(".")[: len(parts)] == parts
+
+
+# ---------------------------------------------------------------------------------------------------
+# Discovery on a UNet module (duck-typed torch modules; ComfyUI's openaimodel.UNetModel in practice)
+
+def _resolution_levels(unet) -> dict[tuple[str, int], int]:
+    """(block name, block id) -> level, from where the UNet down- and upsamples."""
+    def has(module, cls_name):
+        return any(type(m).__name__ == cls_name for m in module.modules())
+
+    levels: dict[tuple[str, int], int] = {}
+    level = 0
+    for i, block in enumerate(getattr(unet, "input_blocks", [])):
+        if has(block, "Downsample"):
+            level += 1
+        levels[("input", i)] = level
+    levels[("middle", 0)] = level
+    for i, block in enumerate(getattr(unet, "output_blocks", [])):
+        levels[("output", i)] = level
+        if has(block, "Upsample"):
+            level -= 1
+    return levels
+
+
+def discover_layers(unet) -> list[LayerInfo]:
+    """Every self-attention layer of an SD-family UNet, in execution order. Empty for other models."""
+    levels = _resolution_levels(unet)
+    found = []
+    for path, module in unet.named_modules():
+        key = layer_key_from_path(path)
+        if key is None or not hasattr(module, "attn1"):
+            continue
+        width = module.attn1.to_q.weight.shape[1]
+        name, block_id, _ = key.split(".")
+        found.append(LayerInfo(key=key, module_path=path, width=int(width), level=levels[(name, int(block_id))]))
+    return sorted(found, key=lambda x: sort_key(x.key))

@@ -1,0 +1,140 @@
+"""Node: "Apply Latent Direction (timestep window)"."""
+
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from .direction_math import SCALES, check_alpha, parse_alphas
+from .direction_patch import LatentDirectionPatch, install_timestep_wrapper
+from .errors import NodeInputError
+from .layers import CUSTOM_LIST_HELP, LayerInfo, select_layers
+from .node_directions import CATEGORY, AttnDirectionsType
+from .weights import model_layers
+
+
+def num_train_timesteps(model) -> int:
+    """T of the model's discrete schedule (1000 for SD-family models)."""
+    sampling = model.get_model_object("model_sampling")
+    sigmas = getattr(sampling, "sigmas", None)
+    return int(sigmas.shape[0]) if sigmas is not None else 1000
+
+
+def check_window(node: str, start: float, end: float) -> str | None:
+    if not (0.0 <= start < end <= 1.0):
+        return (f"{node}: input 'window_start'/'window_end' = {start!r}/{end!r}: the window must satisfy "
+                "0 <= start < end <= 1 (fractions of T; the paper uses 0.5 to 0.8)")
+    return None
+
+
+class ApplyLatentDirection(io.ComfyNode):
+    DISPLAY = "Apply Latent Direction (timestep window)"
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="SAEdit_ApplyLatentDirection",
+            display_name=cls.DISPLAY,
+            category=CATEGORY,
+            description=(
+                "Adds alpha * direction to the self-attention input of the directions' layers (q, k and v all "
+                "see it) while window_start*T < t < window_end*T, t being the timestep the UNet sees. Chain "
+                "several to combine directions. Returns a patched copy; the input MODEL is unchanged."),
+            inputs=[
+                io.Model.Input("model", tooltip="Model to patch (a copy is patched)."),
+                AttnDirectionsType.Input("directions", tooltip="From Compute/Load Attention Directions."),
+                io.Int.Input("index", default=0, min=0, max=4095,
+                             tooltip="Which eigen-direction: 0 is the largest eigenvalue."),
+                io.Float.Input("alpha", default=0.2, min=-10.0, max=10.0, step=0.01,
+                               tooltip="Edit strength. Relative scale: a fraction of the mean token norm; "
+                                       "-0.4..0.4 is the useful range."),
+                io.Float.Input("window_start", default=0.5, min=0.0, max=1.0, step=0.01,
+                               tooltip="Edit only while t > window_start * T (T = 1000 training timesteps)."),
+                io.Float.Input("window_end", default=0.8, min=0.0, max=1.0, step=0.01,
+                               tooltip="Edit only while t < window_end * T."),
+                io.Combo.Input("alpha_scale", options=list(SCALES), default=SCALES[0],
+                               tooltip="'relative to token norm': alpha times each image's mean token norm (usable "
+                                       "range -0.4..0.4 on every layer). 'absolute (paper)': Z + alpha * n literally."),
+                io.String.Input("layers", default="", optional=True,
+                                tooltip="Optional subset of the directions' layers (empty = all). " + CUSTOM_LIST_HELP),
+                io.String.Input("alpha_sweep", default="", optional=True,
+                                tooltip="Optional list of alphas, one per latent batch element (e.g. "
+                                        "'-0.4, -0.2, 0, 0.2, 0.4' or 'linspace(-0.4, 0.4, 9)'); overrides alpha. "
+                                        "Use a batch with identical noise to render a sweep in one run."),
+            ],
+            outputs=[io.Model.Output()],
+        )
+
+    @classmethod
+    def validate_inputs(cls, alpha=0.2, window_start=0.5, window_end=0.8, alpha_sweep="", **_):
+        try:
+            check_alpha(alpha)
+        except ValueError as e:
+            return f"{cls.DISPLAY}: input 'alpha' = {alpha!r}: {e}"
+        problem = check_window(cls.DISPLAY, window_start, window_end)
+        if problem:
+            return problem
+        if alpha_sweep and alpha_sweep.strip():
+            try:
+                parse_alphas(alpha_sweep)
+            except ValueError as e:
+                return f"{cls.DISPLAY}: input 'alpha_sweep' = {alpha_sweep!r}: {e}"
+        return True
+
+    @classmethod
+    def execute(cls, model, directions, index, alpha, window_start, window_end, alpha_scale,
+                layers="", alpha_sweep="") -> io.NodeOutput:
+        patch = build_direction_patch(model, directions, index, alpha, window_start, window_end, alpha_scale,
+                                      layers, alpha_sweep)
+        m = model.clone()
+        install_timestep_wrapper(m)
+        m.set_model_attn1_patch(patch)
+        return io.NodeOutput(m)
+
+
+def build_direction_patch(model, directions, index, alpha, window_start, window_end, alpha_scale,
+                          layers="", alpha_sweep="") -> LatentDirectionPatch:
+    """Check every input against the model and build the patch (raises NodeInputError)."""
+    node = ApplyLatentDirection.DISPLAY
+    try:
+        alphas = parse_alphas(alpha_sweep) if alpha_sweep and alpha_sweep.strip() else (check_alpha(alpha),)
+    except ValueError as e:
+        raise NodeInputError(node, "alpha_sweep" if alpha_sweep else "alpha", alpha_sweep or alpha, str(e)) from e
+    problem = check_window(node, window_start, window_end)
+    if problem:
+        raise ValueError(problem)
+    if alpha_scale not in SCALES:
+        raise NodeInputError(node, "alpha_scale", alpha_scale, f"choose one of {', '.join(SCALES)}")
+
+    present = {x.key: x for x in model_layers(model)}
+    if not present:
+        raise NodeInputError(node, "model", type(getattr(model, "model", model)).__name__,
+                             "this model has no UNet self-attention layers; directions apply to SD1.x, SD2.x and SDXL")
+    mismatched = [f"{x.key} (width {x.width})" for x in directions.layers
+                  if x.key not in present or present[x.key].width != x.width]
+    if mismatched:
+        raise NodeInputError(node, "directions", directions.model_family,
+                             f"these layers do not exist with the same width in this model: {', '.join(mismatched)}; "
+                             "compute the directions on this model (or one of its family)")
+    if index >= directions.k:
+        raise NodeInputError(node, "index", index, f"only {directions.k} directions per layer were computed; "
+                             f"use 0..{directions.k - 1} or raise top_k in Compute Attention Eigendirections")
+
+    chosen = list(directions.layers)
+    if layers and layers.strip():
+        infos = [LayerInfo(x.key, "", x.width, x.level) for x in directions.layers]
+        try:
+            keys = {x.key for x in select_layers(infos, "custom list", layers)}
+        except ValueError as e:
+            raise NodeInputError(node, "layers", layers, str(e)) from e
+        chosen = [x for x in chosen if x.key in keys]
+
+    T = num_train_timesteps(model)
+    sampling = model.get_model_object("model_sampling")
+    return LatentDirectionPatch(
+        vectors={x.key: x.vectors[index].float().clone() for x in chosen},
+        alphas=alphas,
+        t_low=window_start * T,
+        t_high=window_end * T,
+        relative=alpha_scale == SCALES[0],
+        fallback_timestep=sampling.timestep,
+    )

@@ -1,0 +1,149 @@
+"""Reading self-attention weights from a ComfyUI MODEL, and computing its directions with a cache.
+
+The weights are the ones the model will sample with: the original tensors plus this clone's weight
+patches (LoRA, ...), recomputed from ModelPatcher.get_key_patches(), never read from the shared nn.Module
+(which holds whichever clone was loaded last). Needs ComfyUI at call time only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections import OrderedDict
+
+import torch
+
+from . import eigen
+from .directions import AttnDirections, LayerDirections
+from .layers import LayerInfo, discover_layers, select_layers
+
+log = logging.getLogger("self_attention_edit")
+
+_PREFIX = "diffusion_model."
+
+
+def unet_of(model):
+    """The UNet of a ModelPatcher, or None."""
+    try:
+        return model.get_model_object("diffusion_model")
+    except Exception:
+        return None
+
+
+def model_layers(model) -> list[LayerInfo]:
+    unet = unet_of(model)
+    return discover_layers(unet) if unet is not None else []
+
+
+def _dense(weight) -> torch.Tensor:
+    """A plain tensor from a stored weight (0.8.0+ may hold quantized tensor subclasses)."""
+    if type(weight) not in (torch.Tensor, torch.nn.Parameter) and hasattr(weight, "dequantize"):
+        weight = weight.dequantize()
+    return weight.detach()
+
+
+def effective_weight(key_patches: list, key: str) -> tuple[torch.Tensor, bool]:
+    """(weight in float32 on CPU with this clone's patches applied, whether any patch applied).
+
+    key_patches: one entry of ModelPatcher.get_key_patches(): [(original, convert_func), *patches]."""
+    original, convert = key_patches[0]
+    patches = key_patches[1:]
+    weight = _dense(original)
+    if not patches:
+        return weight, False
+    import comfy.lora
+
+    w32 = convert(weight.to("cpu", torch.float32, copy=True), inplace=True)
+    return comfy.lora.calculate_weight(patches, w32, key), True
+
+
+def _hash_tensor(h, t: torch.Tensor) -> None:
+    t = t.detach().to("cpu").contiguous()
+    h.update(str((t.dtype, tuple(t.shape))).encode())
+    h.update(memoryview(t.view(torch.uint8).reshape(-1).numpy()))
+
+
+def layer_weights(model, layers: list[LayerInfo]) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """layer key -> (Wq, Wk, Wv), each (inner, d), patches applied."""
+    all_patches = model.get_key_patches(_PREFIX)
+    out = {}
+    for layer in layers:
+        ws = []
+        for proj in ("to_q", "to_k", "to_v"):
+            key = f"{_PREFIX}{layer.module_path}.attn1.{proj}.weight"
+            ws.append(effective_weight(all_patches[key], key)[0])
+        out[layer.key] = tuple(ws)
+    return out
+
+
+def weights_fingerprint(ws: tuple[torch.Tensor, ...]) -> str:
+    """Content hash of one layer's q/k/v weights (exact bytes: any change gives a new fingerprint)."""
+    h = hashlib.blake2b(digest_size=16)
+    for w in ws:
+        _hash_tensor(h, w)
+    return h.hexdigest()
+
+
+class _EigenCache:
+    """Process-wide LRU of eigenpairs keyed by weight content, bounded in bytes.
+
+    Keyed by the fingerprint of the exact weights, so it can never serve directions for weights that
+    changed; holds the largest k computed so far and serves any smaller k from it."""
+
+    def __init__(self, max_bytes: int = 256 << 20):
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, fingerprint: str, k: int):
+        with self._lock:
+            item = self._items.get(fingerprint)
+            if item is None or item[0].shape[0] < k:
+                self.misses += 1
+                return None
+            self._items.move_to_end(fingerprint)
+            self.hits += 1
+            return item[0][:k], item[1][:k]
+
+    def put(self, fingerprint: str, values: torch.Tensor, vectors: torch.Tensor) -> None:
+        with self._lock:
+            self._items[fingerprint] = (values, vectors)
+            self._items.move_to_end(fingerprint)
+            while sum(v.numel() * 4 + e.numel() * 4 for e, v in self._items.values()) > self.max_bytes \
+                    and len(self._items) > 1:
+                self._items.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self.hits = self.misses = 0
+
+
+EIGEN_CACHE = _EigenCache()
+
+
+def compute_directions(model, preset: str, custom: str, k: int, on_layer=None) -> AttnDirections:
+    """Top-k directions for the selected layers of a MODEL (ModelPatcher). on_layer(i, n) is called
+    after each layer (progress, interruption)."""
+    layers = select_layers(model_layers(model), preset, custom)
+    weights = layer_weights(model, layers)
+    result = []
+    whole = hashlib.blake2b(digest_size=16)
+    for i, layer in enumerate(layers):
+        ws = weights[layer.key]
+        fingerprint = weights_fingerprint(ws)
+        whole.update(f"{layer.key}:{fingerprint};".encode())
+        cached = EIGEN_CACHE.get(fingerprint, k)
+        if cached is None:
+            values, vectors = eigen.top_eigenpairs(*ws, k)
+            EIGEN_CACHE.put(fingerprint, values, vectors)
+        else:
+            values, vectors = cached
+        result.append(LayerDirections(layer.key, layer.width, layer.level, values, vectors))
+        if on_layer is not None:
+            on_layer(i + 1, len(layers))
+    family = type(model.model.model_config).__name__ if hasattr(model.model, "model_config") else "unknown"
+    return AttnDirections(tuple(result), family, whole.hexdigest())
