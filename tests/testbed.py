@@ -152,3 +152,63 @@ def empty_latent(batch=1, size=16):
     import torch
 
     return torch.zeros((batch, 4, size, size))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Observing attention patches from the outside (used to check where and when a patch acts).
+
+class InputRecorder:
+    """A pair of attn1_patch callables around other patches: `before` remembers the self-attention input
+    each layer receives, `after` records whether it was changed by the patches between them, together
+    with the UNet timestep (computed independently from extra_options['sigmas']) and the row."""
+
+    def __init__(self, model_sampling):
+        self.model_sampling = model_sampling
+        self.seen = {}
+        self.events = []  # (layer key, timestep (float), row, changed (bool), max abs change)
+
+    def before(self, n, context, value, extra_options):
+        self.seen[id(extra_options.get("block")), extra_options.get("block_index")] = (n, context, value)
+        return n, context, value
+
+    def after(self, n, context, value, extra_options):
+        block = extra_options["block"]
+        key = f"{block[0]}.{block[1]}.{extra_options.get('block_index', 0)}"
+        n0, c0, v0 = self.seen.pop((id(block), extra_options.get("block_index")))
+        sigmas = extra_options["sigmas"]
+        t = self.model_sampling.timestep(sigmas).repeat(n.shape[0] // sigmas.shape[0])
+        for row in range(n.shape[0]):
+            diffs = [(a[row] - b[row]).abs().max().item() for a, b in ((n, n0), (context, c0), (value, v0))]
+            self.events.append((key, float(t[row]), row, max(diffs) > 0, diffs))
+        return n, context, value
+
+
+def with_recorder(model, patch_fn):
+    """Clone model, put recorder.before, then whatever patch_fn(clone) -> patched adds, then recorder.after."""
+    rec = InputRecorder(model.get_model_object("model_sampling"))
+
+    # Plain functions: ComfyUI deep-copies model_options on clone, which would copy a bound method's
+    # object (two recorders); functions are copied by reference.
+    def before(*args):
+        return rec.before(*args)
+
+    def after(*args):
+        return rec.after(*args)
+
+    m = model.clone()
+    m.set_model_attn1_patch(before)
+    m = patch_fn(m)
+    m = m.clone()
+    m.set_model_attn1_patch(after)
+    return m, rec
+
+
+def principal_angles(a, b):
+    """Angle (radians) between corresponding rows of a and b, ignoring sign and norm (float64)."""
+    import torch
+
+    a = a.double() / a.double().norm(dim=-1, keepdim=True)
+    b = b.double() / b.double().norm(dim=-1, keepdim=True)
+    dot = (a * b).sum(-1).abs()
+    perp = (a - (a * b).sum(-1, keepdim=True) * b).norm(dim=-1)
+    return torch.atan2(perp, dot)
