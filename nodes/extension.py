@@ -7,12 +7,14 @@ from comfy_api.latest import ComfyExtension, io
 from .node_apply import ApplyLatentDirection
 from .node_directions import (ComputeAttentionEigendirections, LoadAttentionDirections, SaveAttentionDirections,
                               register_folder)
+from .node_swap import SWAP_NODES
 
 NODES: list[type[io.ComfyNode]] = [
     ComputeAttentionEigendirections,
     ApplyLatentDirection,
     SaveAttentionDirections,
     LoadAttentionDirections,
+    *SWAP_NODES,
 ]
 
 

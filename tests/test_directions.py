@@ -98,22 +98,21 @@ def test_alpha_zero_is_bit_identical_and_input_model_untouched(sae):
 
 def test_difference_grows_linearly_in_small_alpha(sae):
     """|x(alpha) - x(0)| is proportional to alpha for small alpha (doubling alpha doubles it, within 5%).
-    (Edits on every layer: a lone 2x2-token middle block of the tiny model moves the latent by less than
-    float32 rounding of its ~80-std values.)"""
+    Measured slope |dx|/alpha: 1241, 1242, 1245 for alpha 0.0005, 0.001, 0.002."""
     model = testbed.tiny_model("sd15")
     pos, neg = conds("sd15")
     d = compute(sae, model, "all", 1)
     base = testbed.sample(model, pos, neg, testbed.empty_latent(1), seed=1, steps=8)
     diffs = {}
-    for a in (0.01, 0.02, 0.04):
+    for a in (0.001, 0.002, 0.004):
         out = testbed.sample(apply(sae, model, d, alpha=a), pos, neg, testbed.empty_latent(1), seed=1, steps=8)
         diffs[a] = (out - base).norm().item()
-    assert diffs[0.01] > 0
-    assert diffs[0.02] / diffs[0.01] == pytest.approx(2.0, rel=0.05)
-    assert diffs[0.04] / diffs[0.02] == pytest.approx(2.0, rel=0.05)
+    assert diffs[0.001] > 0
+    assert diffs[0.002] / diffs[0.001] == pytest.approx(2.0, rel=0.02)
+    assert diffs[0.004] / diffs[0.002] == pytest.approx(2.0, rel=0.02)
     # Opposite alphas move the result in opposite directions.
-    neg_out = testbed.sample(apply(sae, model, d, alpha=-0.01), pos, neg, testbed.empty_latent(1), seed=1, steps=8)
-    pos_out = testbed.sample(apply(sae, model, d, alpha=0.01), pos, neg, testbed.empty_latent(1), seed=1, steps=8)
+    neg_out = testbed.sample(apply(sae, model, d, alpha=-0.002), pos, neg, testbed.empty_latent(1), seed=1, steps=8)
+    pos_out = testbed.sample(apply(sae, model, d, alpha=0.002), pos, neg, testbed.empty_latent(1), seed=1, steps=8)
     cos = torch.nn.functional.cosine_similarity((pos_out - base).flatten(), (neg_out - base).flatten(), dim=0)
     assert cos < -0.9
 

@@ -82,6 +82,9 @@ def _tiny_unet_config(family: str) -> dict:
 FAMILIES = ("sd15", "sd20", "sdxl")
 
 
+SELF_ATTENTION_SHARPNESS = 3.0
+
+
 def init_weights_(module, seed: int) -> None:
     """ComfyUI's ops skip initialisation: give every parameter a deterministic, well-scaled value."""
     import torch
@@ -94,10 +97,33 @@ def init_weights_(module, seed: int) -> None:
             if p.ndim >= 2:
                 fan_in = p[0].numel()
                 p.copy_(torch.randn(p.shape, generator=gen) / fan_in**0.5)
+                if ".attn1.to_q." in name or ".attn1.to_k." in name:
+                    # Trained self-attention is peaked (it links each token to a few related ones: layout);
+                    # unit-scale random q/k give near-uniform maps that carry no structure to swap.
+                    p.mul_(SELF_ATTENTION_SHARPNESS)
             elif name.endswith("bias"):
                 p.copy_(0.02 * torch.randn(p.shape, generator=gen))
             else:  # norm scales
                 p.copy_(1.0 + 0.05 * torch.randn(p.shape, generator=gen))
+
+
+def calibrate_output_(base, family: str) -> None:
+    """Scale the UNet's last conv so the predicted noise has unit std at sigma = 1, like a trained model.
+    (Random weights give an output ~1000x too small: the sampler would then ignore the model, prompts and
+    attention alike.)"""
+    import torch
+
+    gen = torch.Generator().manual_seed(1234)
+    x = torch.randn((2, 4, 16, 16), generator=gen)
+    cond = tiny_conditioning(family, 1234, batch=2)
+    kwargs = {}
+    if family == "sdxl":
+        kwargs["y"] = torch.randn((2, 2816), generator=gen)
+    with torch.no_grad():
+        out = base.diffusion_model(x, torch.full((2,), 500.0), context=cond[0][0], **kwargs)
+        last = base.diffusion_model.out[-1]
+        last.weight.mul_(1.0 / out.std())
+        last.bias.mul_(1.0 / out.std())
 
 
 def tiny_model(family: str = "sd15", seed: int = 0):
@@ -116,12 +142,8 @@ def tiny_model(family: str = "sd15", seed: int = 0):
     model_config.set_inference_dtype(__import__("torch").float32, None)
     base = model_config.get_model({})
     init_weights_(base.diffusion_model, seed)
-    # Random weights make a residual stream that grows block after block; a small output layer keeps the
-    # predicted noise near unit scale, so sampled latents stay in a sane range like a trained model's.
-    with __import__("torch").no_grad():
-        for p in base.diffusion_model.out.parameters():
-            p.mul_(0.05)
     base.eval()
+    calibrate_output_(base, family)
     device = comfy.model_management.get_torch_device()
     return comfy.model_patcher.ModelPatcher(base, load_device=device, offload_device=device)
 

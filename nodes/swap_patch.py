@@ -1,0 +1,96 @@
+"""The "Self-Attention Swap" patch: an attn1 replace per chosen layer, and the optional wrapper that holds
+the source rows on a stored inversion trajectory. Needs ComfyUI at call time only."""
+
+from __future__ import annotations
+
+import torch
+
+from .swap_math import pair_rows, step_window_active, swap_qk
+
+PIN_WRAPPER_KEY = "self_attention_edit.pin_source"
+
+
+def _optimized_attention(q, k, v, extra_options):
+    from comfy.ldm.modules.attention import optimized_attention
+
+    return optimized_attention(q, k, v, extra_options["n_heads"], attn_precision=extra_options.get("attn_precision"))
+
+
+def _sigma(extra_options) -> float | None:
+    sigmas = extra_options.get("sigmas")
+    return None if sigmas is None else float(sigmas.max())
+
+
+class SelfAttentionSwapPatch:
+    """attn1 replace for one layer: target rows attend with their source rows' q and k (own v) during
+    steps [start, end) of the sampling, for the cond/uncond chunks in edit_chunks; otherwise plain
+    attention. `inner`: an attn1 replace another node had put on this layer, called instead of ComfyUI's
+    attention so both act."""
+
+    def __init__(self, start: float, end: float, edit_chunks: frozenset[int], inner=None):
+        self.start, self.end = float(start), float(end)
+        self.edit_chunks = frozenset(edit_chunks)
+        self.inner = inner
+
+    def to(self, device_or_dtype):
+        if self.inner is not None and hasattr(self.inner, "to"):
+            return SelfAttentionSwapPatch(self.start, self.end, self.edit_chunks, self.inner.to(device_or_dtype))
+        return self
+
+    def active(self, extra_options) -> bool:
+        sigma = _sigma(extra_options)
+        schedule = extra_options.get("sample_sigmas")
+        if sigma is None or schedule is None:
+            return True
+        return step_window_active(sigma, schedule, self.start, self.end)
+
+    def __call__(self, q, k, v, extra_options):
+        if self.active(extra_options):
+            targets, sources = pair_rows(q.shape[0], list(extra_options.get("cond_or_uncond", [0])), self.edit_chunks)
+            q, k = swap_qk(q, k, targets, sources)
+        if self.inner is not None:
+            return self.inner(q, k, v, extra_options)
+        return _optimized_attention(q, k, v, extra_options)
+
+
+class PinSourceToTrajectory:
+    """WrappersMP.APPLY_MODEL wrapper: before each model evaluation, the source rows' x is replaced by the
+    stored inversion latent at that sigma (linear in sigma between stored points), which is FPE's way of
+    keeping the source branch on the inversion path so the real image is reconstructed.
+
+    sigmas: (S+1,) ascending; latents: (S+1, N, C, H, W) in the model's (process_latent_in) space."""
+
+    def __init__(self, sigmas: torch.Tensor, latents: torch.Tensor):
+        self.sigmas = sigmas.double().cpu()
+        self.latents = latents
+
+    def latent_at(self, sigma: float) -> torch.Tensor:
+        s = self.sigmas
+        if sigma <= s[0]:
+            return self.latents[0]
+        if sigma >= s[-1]:
+            return self.latents[-1]
+        i = int(torch.searchsorted(s, torch.tensor(sigma, dtype=torch.float64)).item())
+        lo, hi = s[i - 1].item(), s[i].item()
+        w = (sigma - lo) / (hi - lo)
+        if w < 1e-6:
+            return self.latents[i - 1]
+        if w > 1 - 1e-6:
+            return self.latents[i]
+        return torch.lerp(self.latents[i - 1].float(), self.latents[i].float(), w).to(self.latents.dtype)
+
+    def __call__(self, executor, x, t, c_concat, c_crossattn, control, transformer_options, *args, **kwargs):
+        cond_or_uncond = transformer_options.get("cond_or_uncond", [0])
+        rows = x.shape[0]
+        batch = rows // max(len(cond_or_uncond), 1)
+        pairs = batch // 2
+        n = self.latents.shape[1]
+        if batch % 2 or (n != pairs and n != 1):
+            raise ValueError(f"Self-Attention Swap: the inversion holds {n} image(s) but the latent batch has {batch} "
+                             f"elements ({pairs} pairs); invert the same images that make the pairs")
+        x = x.clone()
+        for r in range(0, rows):
+            e = r % batch
+            if e % 2 == 0:
+                x[r] = self.latent_at(float(t[r])).to(x)[(e // 2) % n]
+        return executor(x, t, c_concat, c_crossattn, control, transformer_options, *args, **kwargs)
