@@ -7,6 +7,7 @@ from comfy_api.latest import ComfyExtension, io
 from .node_apply import ApplyLatentDirection
 from .node_directions import (ComputeAttentionEigendirections, LoadAttentionDirections, SaveAttentionDirections,
                               register_folder)
+from .node_batch import BATCH_NODES
 from .node_swap import SWAP_NODES
 
 NODES: list[type[io.ComfyNode]] = [
@@ -15,6 +16,7 @@ NODES: list[type[io.ComfyNode]] = [
     SaveAttentionDirections,
     LoadAttentionDirections,
     *SWAP_NODES,
+    *BATCH_NODES,
 ]
 
 

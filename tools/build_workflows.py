@@ -1,0 +1,232 @@
+"""Builds the example workflows in ComfyUI's UI (front-end) format from short Python descriptions.
+
+Widget order and socket types come from the node definitions of a real ComfyUI with the pack loaded,
+so the files load in the front end without widget errors. Run:
+    $SAE_VENV/bin/python tools/build_workflows.py      (writes example_workflows/*.json)
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+
+SEED_WIDGETS = {"seed", "noise_seed"}
+CHECKPOINT = "sae-standin-sd15.safetensors"
+SIZE = 128  # small images keep CPU runs short; use 512 with a real SD1.5 checkpoint
+STEPS = 8
+
+
+class Graph:
+    def __init__(self, defs):
+        self.defs = defs
+        self.nodes, self.links = [], []
+        self.extra = {}
+
+    def add(self, type_, **kwargs):
+        d = self.defs[type_]
+        node_id = len(self.nodes) + 1
+        inputs, widgets = [], []
+        for name, spec, optional in d["inputs"]:
+            value = kwargs.pop(name, None)
+            kind = spec[0]
+            is_widget = isinstance(kind, list) or kind in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
+            if isinstance(value, tuple):  # a link: (node, output slot)
+                src, slot = value
+                link_id = len(self.links) + 1
+                stype = self.nodes[src - 1]["outputs"][slot]["type"]
+                self.links.append([link_id, src, slot, node_id, len(inputs), stype])
+                self.nodes[src - 1]["outputs"][slot]["links"].append(link_id)
+                entry = {"name": name, "type": stype, "link": link_id}
+                if is_widget:
+                    entry["widget"] = {"name": name}
+                    widgets.append(None)
+                inputs.append(entry)
+            elif is_widget:
+                if value is None:
+                    value = spec[1].get("default") if len(spec) > 1 else None
+                    if value is None and isinstance(kind, list):
+                        value = kind[0]
+                widgets.append(value)
+                if name in SEED_WIDGETS:
+                    widgets.append("fixed")  # the front end's control_after_generate value
+            elif not optional:
+                raise ValueError(f"{type_}: required input {name} not connected")
+        if kwargs:
+            raise ValueError(f"{type_}: unknown inputs {sorted(kwargs)}")
+        outputs = [{"name": n, "type": t, "links": [], "slot_index": i}
+                   for i, (t, n) in enumerate(zip(d["return_types"], d["return_names"]))]
+        self.nodes.append({
+            "id": node_id, "type": type_, "pos": [0, 0], "size": [320, 120], "flags": {}, "order": node_id - 1,
+            "mode": 0, "inputs": inputs, "outputs": outputs, "properties": {"Node name for S&R": type_},
+            "widgets_values": widgets})
+        return node_id
+
+    def out(self, node_id, slot=0):
+        return (node_id, slot)
+
+    def to_json(self, title):
+        # Lay nodes out left to right by dependency depth so the graph is readable when opened.
+        depth = {}
+        for n in self.nodes:
+            srcs = [lk[1] for lk in self.links if lk[3] == n["id"]]
+            depth[n["id"]] = 1 + max((depth[s] for s in srcs), default=-1)
+        rows = {}
+        for n in self.nodes:
+            col = depth[n["id"]]
+            row = rows.get(col, 0)
+            rows[col] = row + 1
+            n["pos"] = [40 + 380 * col, 40 + 220 * row]
+        return {"last_node_id": len(self.nodes), "last_link_id": len(self.links), "nodes": self.nodes,
+                "links": self.links, "groups": [], "config": {}, "extra": {"sae_title": title, **self.extra},
+                "version": 0.4}
+
+
+def node_defs():
+    import testbed
+
+    testbed.load_pack()
+    import nodes
+
+    defs = {}
+    for name, cls in nodes.NODE_CLASS_MAPPINGS.items():
+        it = cls.INPUT_TYPES()
+        inputs = []
+        for section, optional in (("required", False), ("optional", True)):
+            for k, spec in it.get(section, {}).items():
+                inputs.append((k, spec if isinstance(spec, (list, tuple)) else (spec,), optional))
+        rt = list(cls.RETURN_TYPES)
+        rn = list(getattr(cls, "RETURN_NAMES", None) or rt)
+        defs[name] = {"inputs": inputs, "return_types": rt, "return_names": rn}
+    return defs
+
+
+def base(g):
+    ckpt = g.add("CheckpointLoaderSimple", ckpt_name=CHECKPOINT)
+    neg = g.add("CLIPTextEncode", clip=g.out(ckpt, 1), text="blurry, low quality")
+    return ckpt, neg
+
+
+def direction_explorer(g):
+    ckpt, neg = base(g)
+    pos = g.add("CLIPTextEncode", clip=g.out(ckpt, 1), text="portrait photo of a person, studio light")
+    dirs = g.add("SAEdit_ComputeEigendirections", model=g.out(ckpt), layers="middle block", top_k=8)
+    lat = g.add("SAEdit_RepeatLatentSameNoise", latent=g.out(g.add("EmptyLatentImage", width=SIZE, height=SIZE, batch_size=1)), amount=5)
+    images = None
+    for index in range(3):
+        m = g.add("SAEdit_ApplyLatentDirection", model=g.out(ckpt), directions=g.out(dirs), index=index,
+                  alpha_sweep="-0.4, -0.2, 0, 0.2, 0.4")
+        s = g.add("KSampler", model=g.out(m), positive=g.out(pos), negative=g.out(neg), latent_image=g.out(lat),
+                  seed=42, steps=STEPS, cfg=7.0, sampler_name="euler", scheduler="normal")
+        img = g.add("VAEDecode", samples=g.out(s), vae=g.out(ckpt, 2))
+        images = img if images is None else g.add("ImageBatch", image1=g.out(images), image2=g.out(img))
+    grid = g.add("SAEdit_ImageGrid", images=g.out(images), columns=5)
+    g.add("SaveImage", images=g.out(grid), filename_prefix="sae/direction_explorer")
+    return 1, (grid_size(5, 3),)
+
+
+def grid_size(cols, rows, gap=4):
+    return (cols * SIZE + (cols - 1) * gap, rows * SIZE + (rows - 1) * gap)
+
+
+def single_direction_edit(g):
+    ckpt, neg = base(g)
+    pos = g.add("CLIPTextEncode", clip=g.out(ckpt, 1), text="a red car parked on a street")
+    dirs = g.add("SAEdit_ComputeEigendirections", model=g.out(ckpt), layers="middle block", top_k=4)
+    m = g.add("SAEdit_ApplyLatentDirection", model=g.out(ckpt), directions=g.out(dirs), index=0, alpha=0.3)
+    lat = g.add("EmptyLatentImage", width=SIZE, height=SIZE, batch_size=1)
+    images = []
+    for model in (g.out(ckpt), g.out(m)):
+        s = g.add("KSampler", model=model, positive=g.out(pos), negative=g.out(neg), latent_image=g.out(lat),
+                  seed=7, steps=STEPS, cfg=7.0, sampler_name="euler", scheduler="normal")
+        images.append(g.add("VAEDecode", samples=g.out(s), vae=g.out(ckpt, 2)))
+    both = g.add("ImageBatch", image1=g.out(images[0]), image2=g.out(images[1]))
+    g.add("SaveImage", images=g.out(both), filename_prefix="sae/single_direction_edit")
+    return 2, ((SIZE, SIZE),)
+
+
+def _pairs_sampling(g, ckpt, neg, model, src_text, tgt_text, latent, prefix, advanced=False):
+    src = g.add("CLIPTextEncode", clip=g.out(ckpt, 1), text=src_text)
+    tgt = g.add("CLIPTextEncode", clip=g.out(ckpt, 1), text=tgt_text)
+    cond = g.add("SAEdit_PairConditioning", source=g.out(src), target=g.out(tgt))
+    pairs = g.add("SAEdit_MakePairs", latent=latent)
+    if advanced:
+        s = g.add("KSamplerAdvanced", model=model, add_noise="disable", noise_seed=0, steps=STEPS, cfg=7.0,
+                  sampler_name="euler", scheduler="normal", positive=g.out(cond), negative=g.out(neg),
+                  latent_image=g.out(pairs), start_at_step=0, end_at_step=10000, return_with_leftover_noise="disable")
+    else:
+        s = g.add("KSampler", model=model, positive=g.out(cond), negative=g.out(neg), latent_image=g.out(pairs),
+                  seed=3, steps=STEPS, cfg=7.0, sampler_name="euler", scheduler="normal")
+    img = g.add("VAEDecode", samples=g.out(s), vae=g.out(ckpt, 2))
+    split = g.add("SAEdit_SplitPairs", images=g.out(img))
+    g.add("SaveImage", images=g.out(split, 0), filename_prefix=f"sae/{prefix}_source")
+    g.add("SaveImage", images=g.out(split, 1), filename_prefix=f"sae/{prefix}_target")
+
+
+def prompt_edit_swap(g):
+    ckpt, neg = base(g)
+    swap = g.add("SAEdit_SelfAttentionSwap", model=g.out(ckpt))
+    lat = g.add("EmptyLatentImage", width=SIZE, height=SIZE, batch_size=1)
+    _pairs_sampling(g, ckpt, neg, g.out(swap), "a photo of a cat sitting on a sofa", "a photo of a dog sitting on a sofa",
+                    g.out(lat), "prompt_edit")
+    return 2, ((SIZE, SIZE),)
+
+
+def real_image_edit(g):
+    ckpt, neg = base(g)
+    image = g.add("LoadImage", image="sae_example.png")
+    enc = g.add("VAEEncode", pixels=g.out(image), vae=g.out(ckpt, 2))
+    empty = g.add("CLIPTextEncode", clip=g.out(ckpt, 1), text="")
+    inv = g.add("SAEdit_InvertLatent", model=g.out(ckpt), positive=g.out(empty), latent=g.out(enc), steps=STEPS,
+                scheduler="normal")
+    swap = g.add("SAEdit_SelfAttentionSwap", model=g.out(ckpt), inversion=g.out(inv, 1))
+    _pairs_sampling(g, ckpt, neg, g.out(swap), "", "a watercolor painting of a house with a red roof",
+                    g.out(inv, 0), "real_image_edit", advanced=True)
+    return 2, ((SIZE, SIZE),)
+
+
+def direction_with_swap(g):
+    ckpt, neg = base(g)
+    dirs = g.add("SAEdit_ComputeEigendirections", model=g.out(ckpt), layers="middle block", top_k=4)
+    edit = g.add("SAEdit_ApplyLatentDirection", model=g.out(ckpt), directions=g.out(dirs), index=0, alpha=0.0,
+                 alpha_sweep="0, 0.4")
+    swap = g.add("SAEdit_SelfAttentionSwap", model=g.out(edit))
+    lat = g.add("EmptyLatentImage", width=SIZE, height=SIZE, batch_size=1)
+    text = "portrait photo of a person, studio light"
+    _pairs_sampling(g, ckpt, neg, g.out(swap), text, text, g.out(lat), "direction_with_swap")
+    return 2, ((SIZE, SIZE),)
+
+
+WORKFLOWS = {
+    "direction_explorer": (direction_explorer, "Alpha sweep over the top 3 directions of the middle block, as a grid"),
+    "single_direction_edit": (single_direction_edit, "One direction edit: original and edited side by side"),
+    "prompt_edit_swap": (prompt_edit_swap, "Prompt edit of a generated image with Self-Attention Swap"),
+    "real_image_edit": (real_image_edit, "Real-image edit: DDIM inversion, then the swap with source pinning"),
+    "direction_with_swap": (direction_with_swap, "A direction edit whose structure is held by the swap"),
+}
+
+
+def build(out_dir: Path = REPO / "example_workflows") -> dict:
+    """Write every workflow; the expected outputs (total image count, image size at the default size)
+    go into each file's extra.sae_expected for the runner and the tests."""
+    defs = node_defs()
+    expected = {}
+    out_dir.mkdir(exist_ok=True)
+    for name, (fn, title) in WORKFLOWS.items():
+        g = Graph(defs)
+        count, sizes = fn(g)
+        expected[name] = g.extra["sae_expected"] = {"images": count, "size": list(sizes[0])}
+        (out_dir / f"{name}.json").write_text(json.dumps(g.to_json(title), indent=1) + "\n")
+    return expected
+
+
+if __name__ == "__main__":
+    import os
+
+    if not os.environ.get("COMFYUI_PATH"):
+        sys.exit("run with COMFYUI_PATH set (eval \"$(scripts/bootstrap.sh)\")")
+    for name, e in build().items():
+        sys.stdout.write(f"{name}: {e}\n")

@@ -1,0 +1,38 @@
+"""Where ComfyUI and the tool cache live, and importing ComfyUI in CPU mode (for in-process use)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+
+def cache_dir() -> Path:
+    """The cache outside git, shared with scripts/bootstrap.sh: $SAE_CACHE or ~/.cache/self-attention-edit."""
+    env = os.environ.get("SAE_CACHE")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base).expanduser() / "self-attention-edit"
+
+
+def comfyui_path(path: str | os.PathLike | None = None) -> Path:
+    """The ComfyUI tree: the given path, else $COMFYUI_PATH (set by `eval "$(scripts/bootstrap.sh)"`)."""
+    path = path or os.environ.get("COMFYUI_PATH")
+    if not path:
+        raise RuntimeError('COMFYUI_PATH is not set: run `eval "$(scripts/bootstrap.sh)"` first')
+    root = Path(path).resolve()
+    if not (root / "main.py").is_file() or not (root / "comfy" / "model_patcher.py").is_file():
+        raise RuntimeError(f"{root} is not a ComfyUI tree")
+    return root
+
+
+def import_comfyui(path: str | os.PathLike | None = None) -> Path:
+    """Put ComfyUI on sys.path (first) and force CPU mode before comfy.model_management is imported."""
+    root = comfyui_path(path)
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    import comfy.cli_args
+
+    comfy.cli_args.args.cpu = True
+    return root

@@ -1,0 +1,92 @@
+"""The main job: run every example workflow through a real headless ComfyUI server (CPU, loopback only)
+with this pack installed as a custom node, and write the images and a summary to an output folder.
+
+    scripts/run-examples.sh [--out DIR] [--checkpoint FILE.safetensors] [--only NAME ...]
+
+Default model: a stand-in with SD1.5's real layer shapes and random weights (generated once into the
+cache): pictures look like noise, but every node runs exactly as with a real checkpoint. Give a real
+SD1.5 checkpoint with --checkpoint for real edits; COMFYUI_PATH selects another ComfyUI installation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tools import standin_checkpoint  # noqa: E402
+from tools.comfy_server import ComfyServer  # noqa: E402
+from tools.workflow_convert import ui_to_api  # noqa: E402
+
+WORKFLOWS = REPO / "example_workflows"
+EXAMPLE_IMAGE = REPO / "tools" / "assets" / "sae_example.png"
+
+
+def workflow_files(only=None) -> list[Path]:
+    files = sorted(WORKFLOWS.glob("*.json"))
+    return [f for f in files if not only or f.stem in only]
+
+
+def use_checkpoint(api_prompt: dict, name: str) -> None:
+    for node in api_prompt.values():
+        if node["class_type"] == "CheckpointLoaderSimple":
+            node["inputs"]["ckpt_name"] = name
+
+
+def run(out_dir: Path, checkpoint: Path | None = None, only=None, timeout: float = 1800) -> dict:
+    if checkpoint is None:
+        checkpoint = standin_checkpoint.ensure_standin_checkpoint()
+    checkpoint = Path(checkpoint).resolve()
+    models = out_dir / ".models"
+    (models / "checkpoints").mkdir(parents=True, exist_ok=True)
+    link = models / "checkpoints" / checkpoint.name
+    if not link.exists():
+        link.symlink_to(checkpoint)
+    summary = {"checkpoint": checkpoint.name, "workflows": {}}
+    with ComfyServer(custom_node_dirs={"self-attention-edit": REPO}, models_dir=models, output_dir=out_dir) as server:
+        shutil.copy(EXAMPLE_IMAGE, server.tmp / "base" / "input" / EXAMPLE_IMAGE.name)
+        info = server.object_info()
+        for path in workflow_files(only):
+            workflow = json.loads(path.read_text())
+            prompt = ui_to_api(workflow, info)
+            use_checkpoint(prompt, checkpoint.name)
+            start = time.perf_counter()
+            entry = server.run(prompt, timeout=timeout)
+            files = [str(p.relative_to(out_dir)) for p in server.output_files(entry)]
+            summary["workflows"][path.stem] = {
+                "title": workflow.get("extra", {}).get("sae_title", ""),
+                "seconds": round(time.perf_counter() - start, 1),
+                "images": files,
+            }
+            sys.stderr.write(f"[examples] {path.stem}: {len(files)} image(s) in "
+                             f"{summary['workflows'][path.stem]['seconds']} s\n")
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    lines = [f"# Example workflows ({checkpoint.name})", "", "| workflow | seconds | images |", "|---|---|---|"]
+    for name, s in summary["workflows"].items():
+        lines.append(f"| {name} | {s['seconds']} | {', '.join(s['images'])} |")
+    (out_dir / "summary.md").write_text("\n".join(lines) + "\n")
+    shutil.rmtree(models, ignore_errors=True)
+    return summary
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=REPO / "output", help="output folder (default: ./output)")
+    ap.add_argument("--checkpoint", type=Path, help="a real SD1.5 .safetensors checkpoint (default: stand-in)")
+    ap.add_argument("--only", nargs="*", help="workflow names (file stems) to run")
+    args = ap.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    summary = run(args.out.resolve(), args.checkpoint, args.only)
+    sys.stderr.write(f"[examples] wrote {sum(len(s['images']) for s in summary['workflows'].values())} images and "
+                     f"summary.md to {args.out}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
