@@ -34,3 +34,5 @@ def _clean_eigen_cache(pack):
     """Each test starts with an empty directions cache (the cache itself is tested explicitly)."""
     testbed.pack_module("nodes.weights").EIGEN_CACHE.clear()
     yield
+
+from conftest_server import *  # noqa: E402,F401,F403  (real-server fixtures, marker `server`)

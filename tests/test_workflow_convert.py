@@ -85,7 +85,7 @@ def test_input_order_and_upload_widget():
         "input_order": {"required": ["x", "image"], "optional": ["y"]},
     }
     assert [s.name for s in input_specs(node_def)] == ["x", "image", "y", "upload"]
-    assert names(node_def) == ["x", "image", "y", "upload"]
+    assert names(node_def) == ["x", "image", "y", None]  # the upload button is saved, never sent
 
 
 def test_widget_values_positional_and_dict_forms():
@@ -147,7 +147,7 @@ def test_core_layouts_match_the_front_end(object_info):
         "add_noise", "noise_seed", None, "steps", "cfg", "sampler_name", "scheduler", "start_at_step",
         "end_at_step", "return_with_leftover_noise"]
     assert names(object_info["SamplerCustom"]) == ["add_noise", "noise_seed", None, "cfg"]
-    assert names(object_info["LoadImage"]) == ["image", "upload"]
+    assert names(object_info["LoadImage"]) == ["image", None]
     assert names(object_info["CheckpointLoaderSimple"]) == ["ckpt_name"]
     assert names(object_info["LoraLoader"]) == ["lora_name", "strength_model", "strength_clip"]
 

@@ -165,7 +165,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="regenerate even if the file exists")
     parser.add_argument("--verify", action="store_true", help="load it through ComfyUI's checkpoint loader")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="[standin] %(message)s")
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(message)s")  # ComfyUI's chatter
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("[standin] %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
     path = args.path or default_path()
     if args.force or not path.is_file():
         generate(path)

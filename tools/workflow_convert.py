@@ -8,7 +8,8 @@ ExecutableNodeDTO, as shipped in comfyui-frontend-package 1.32.x), driven by the
   ...), forceInput inputs excluded. Hidden companion widgets take a slot too: an INT with
   control_after_generate (or, when unspecified, named seed/noise_seed) is followed by its "control after
   generate" value; a COMBO with control_after_generate by that and a filter list; a media-upload COMBO
-  (image_upload / video_upload / animated_image_upload) adds an `upload` widget after all inputs.
+  (image_upload / video_upload / animated_image_upload) adds an upload button after all inputs (its value
+  is saved, never sent).
   Old files that stored values for forceInput inputs are migrated as the front end does.
 - a linked input (socket, or widget converted to a socket) takes its value from the link; links are
   followed through bypassed nodes (mode 4: first input of a compatible type, same slot preferred) and
@@ -106,6 +107,9 @@ def widget_layout(node_def: dict) -> list[WidgetSlot]:
     slots = []
     for spec in input_specs(node_def):
         if not spec.is_widget:
+            continue
+        if spec.type == "IMAGEUPLOAD":  # the upload button: a value in the file, never in the prompt
+            slots.append(WidgetSlot(None, spec))
             continue
         slots.append(WidgetSlot(spec.name, spec))
         if _has_control(spec):
