@@ -404,3 +404,31 @@ def _format_execution_error(prompt_id: str, status: dict) -> str:
         if event == "execution_interrupted":
             return f"prompt {prompt_id} was interrupted at node {data.get('node_id')} ({data.get('node_type')})"
     return f"prompt {prompt_id} ended with status {status.get('status_str')!r}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Serve ComfyUI with this pack and the stand-in checkpoint until Ctrl-C (for trying things by hand)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--port", type=int, default=None)
+    parser.add_argument("--output-dir", type=Path, default=None)
+    parser.add_argument("--no-pack", action="store_true", help="core nodes only")
+    args = parser.parse_args(argv)
+    from tools.standin_checkpoint import ensure_standin_checkpoint
+
+    repo = Path(__file__).resolve().parent.parent
+    models = ensure_standin_checkpoint().parent.parent
+    packs = {} if args.no_pack else {"self-attention-edit": repo}
+    with ComfyServer(custom_node_dirs=packs, models_dir=models, output_dir=args.output_dir, port=args.port) as srv:
+        print(f"{srv.url}  (log: {srv.log_path}, output: {srv.output_dir}); Ctrl-C stops", file=sys.stderr)
+        try:
+            while srv.proc.poll() is None:
+                time.sleep(1)
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -389,3 +389,31 @@ def load_api_prompt(path, object_info: dict, **kwargs) -> dict:
     """Read a workflow file in either format and return the API prompt."""
     data = json.loads(Path(path).read_text())
     return ui_to_api(data, object_info, **kwargs) if is_ui_workflow(data) else data
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the API prompt of a UI workflow; node definitions come from a running server or a JSON file."""
+    import argparse
+    import sys
+    import urllib.request
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("workflow", type=Path)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--url", help="a running server, e.g. http://127.0.0.1:8188")
+    source.add_argument("--object-info", type=Path, help="a saved /object_info response")
+    parser.add_argument("--seed", type=int, default=0, help="for dynamic-prompt choices")
+    args = parser.parse_args(argv)
+    if args.url:
+        with urllib.request.urlopen(args.url.rstrip("/") + "/object_info", timeout=60) as resp:
+            object_info = json.loads(resp.read())
+    else:
+        object_info = json.loads(args.object_info.read_text())
+    prompt = load_api_prompt(args.workflow, object_info, seed=args.seed)
+    json.dump(prompt, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
