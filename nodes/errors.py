@@ -1,6 +1,16 @@
 """One shape for every user-facing error: which node, which input, what value, what to do."""
 
 
+# Advice shared by every node that needs an SD-family UNet (Flux, SD3, PixArt... have no UNet self-attention).
+NOT_SD_UNET = ("this model has no UNet self-attention layers (it is not an SD1.x, SD2.x or SDXL UNet); "
+               "connect the MODEL of an SD1.x, SD2.x or SDXL checkpoint")
+
+
+def model_name(model) -> str:
+    """What to call a MODEL in an error: its ComfyUI model class (e.g. 'Flux', 'SDXL')."""
+    return type(getattr(model, "model", model)).__name__
+
+
 class NodeInputError(ValueError):
     def __init__(self, node: str, input_name: str, value, advice: str):
         self.node, self.input_name, self.value = node, input_name, value

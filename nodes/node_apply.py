@@ -6,10 +6,10 @@ from comfy_api.latest import io
 
 from .direction_math import SCALES, check_alpha, parse_alphas
 from .direction_patch import LatentDirectionPatch, install_timestep_wrapper
-from .errors import NodeInputError
+from .errors import NOT_SD_UNET, NodeInputError, model_name
 from .layers import CUSTOM_LIST_HELP, LayerInfo, select_layers
 from .node_directions import CATEGORY, AttnDirectionsType
-from .weights import model_layers
+from .weights import model_family, model_layers
 
 
 def num_train_timesteps(model) -> int:
@@ -107,14 +107,20 @@ def build_direction_patch(model, directions, index, alpha, window_start, window_
 
     present = {x.key: x for x in model_layers(model)}
     if not present:
-        raise NodeInputError(node, "model", type(getattr(model, "model", model)).__name__,
-                             "this model has no UNet self-attention layers; directions apply to SD1.x, SD2.x and SDXL")
+        raise NodeInputError(node, "model", model_name(model), NOT_SD_UNET)
     mismatched = [f"{x.key} (width {x.width})" for x in directions.layers
                   if x.key not in present or present[x.key].width != x.width]
     if mismatched:
         raise NodeInputError(node, "directions", directions.model_family,
                              f"these layers do not exist with the same width in this model: {', '.join(mismatched)}; "
                              "compute the directions on this model (or one of its family)")
+    family = model_family(model)
+    if "unknown" not in (family, directions.model_family) and family != directions.model_family:
+        # Same layer names and widths across families (SD1.5 and SD2.x share them) do not make the
+        # directions meaningful: they are eigenvectors of other weights.
+        raise NodeInputError(node, "directions", directions.model_family,
+                             f"these directions were computed on a {directions.model_family} model but this model "
+                             f"is {family}; compute the directions on this model (Compute Attention Eigendirections)")
     if index >= directions.k:
         raise NodeInputError(node, "index", index, f"only {directions.k} directions per layer were computed; "
                              f"use 0..{directions.k - 1} or raise top_k in Compute Attention Eigendirections")

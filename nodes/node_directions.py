@@ -8,7 +8,7 @@ import os
 from comfy_api.latest import io
 
 from .directions import AttnDirections
-from .errors import NodeInputError
+from .errors import NOT_SD_UNET, NodeInputError, model_name
 from .layers import CUSTOM_LIST_HELP, LAYER_PRESETS
 from .weights import compute_directions, model_layers
 
@@ -57,9 +57,7 @@ class ComputeAttentionEigendirections(io.ComfyNode):
         import comfy.utils
 
         if not model_layers(model):
-            raise NodeInputError(cls.DISPLAY, "model", type(getattr(model, "model", model)).__name__,
-                                 "this model has no UNet self-attention layers (SD1.x, SD2.x and SDXL UNets do); "
-                                 "connect an SD-family checkpoint")
+            raise NodeInputError(cls.DISPLAY, "model", model_name(model), NOT_SD_UNET)
         bar = comfy.utils.ProgressBar(1)
 
         def on_layer(i, n):
@@ -156,5 +154,6 @@ class LoadAttentionDirections(io.ComfyNode):
         try:
             directions = AttnDirections.load(path)
         except ValueError as e:
-            raise NodeInputError(cls.DISPLAY, "file", file, str(e)) from e
+            raise NodeInputError(cls.DISPLAY, "file", file, f"{e}; choose a file written by Save Attention "
+                                 "Directions, or compute the directions again") from e
         return io.NodeOutput(directions, ui={"sae_spectrum": [directions.summary()]})

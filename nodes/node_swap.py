@@ -8,12 +8,19 @@ import math
 import torch
 from comfy_api.latest import io
 
-from .errors import NodeInputError
+from .errors import NOT_SD_UNET, NodeInputError, model_name
 from .inversion import invert
 from .layers import CUSTOM_LIST_HELP, LAYER_PRESETS, select_layers
 from .node_directions import CATEGORY
-from .swap_patch import PIN_WRAPPER_KEY, PinSourceToTrajectory, SelfAttentionSwapPatch
-from .weights import model_layers
+from .swap_patch import (
+    CHECK_WRAPPER_KEY,
+    PIN_WRAPPER_KEY,
+    PinSourceToTrajectory,
+    SelfAttentionSwapPatch,
+    SwapInputCheck,
+    expected_widths,
+)
+from .weights import model_layers, unet_of
 
 InversionType = io.Custom("SAE_INVERSION")
 ROWS = ("conditional only", "conditional and unconditional")
@@ -80,8 +87,7 @@ class SelfAttentionSwap(io.ComfyNode):
             raise NodeInputError(cls.DISPLAY, "rows", rows, f"choose one of {', '.join(ROWS)}")
         available = model_layers(model)
         if not available:
-            raise NodeInputError(cls.DISPLAY, "model", type(getattr(model, "model", model)).__name__,
-                                 "this model has no UNet self-attention layers; the swap works on SD1.x, SD2.x, SDXL")
+            raise NodeInputError(cls.DISPLAY, "model", model_name(model), NOT_SD_UNET)
         try:
             chosen = select_layers(available, layers, custom_layers or "")
         except ValueError as e:
@@ -92,9 +98,13 @@ class SelfAttentionSwap(io.ComfyNode):
         for layer in chosen:
             inner = existing_attn1_replace(model, layer.patch_key)
             m.set_model_attn1_replace(SelfAttentionSwapPatch(start, end, edit_chunks, inner), *layer.patch_key)
-        if inversion is not None and pin_source:
-            import comfy.patcher_extension as pe
+        import comfy.patcher_extension as pe
 
+        # One check per model, however many swap nodes are chained.
+        m.remove_wrappers_with_key(pe.WrappersMP.DIFFUSION_MODEL, CHECK_WRAPPER_KEY)
+        m.add_wrapper_with_key(pe.WrappersMP.DIFFUSION_MODEL, CHECK_WRAPPER_KEY,
+                               SwapInputCheck(*expected_widths(unet_of(model))))
+        if inversion is not None and pin_source:
             m.remove_wrappers_with_key(pe.WrappersMP.APPLY_MODEL, PIN_WRAPPER_KEY)
             m.add_wrapper_with_key(pe.WrappersMP.APPLY_MODEL, PIN_WRAPPER_KEY,
                                    PinSourceToTrajectory(inversion.sigmas, inversion.latents))
@@ -159,6 +169,11 @@ class PairConditioning(io.ComfyNode):
 
     @classmethod
     def execute(cls, source, target):
+        for name, cond in (("source", source), ("target", target)):
+            if not cond:
+                raise NodeInputError(cls.DISPLAY, name, "empty conditioning",
+                                     f"connect the {name} prompt's CLIP Text Encode (an empty prompt '' is fine "
+                                     "for the source of a real photo)")
         if len(source) != len(target):
             raise NodeInputError(cls.DISPLAY, "target", f"{len(target)} entries",
                                  f"source has {len(source)} conditioning entries; combine them the same way")
@@ -232,8 +247,7 @@ class InvertLatent(io.ComfyNode):
     @classmethod
     def execute(cls, model, positive, latent, steps, scheduler):
         if not model_layers(model):
-            raise NodeInputError(cls.DISPLAY, "model", type(getattr(model, "model", model)).__name__,
-                                 "inversion here is for SD-family eps/v models")
+            raise NodeInputError(cls.DISPLAY, "model", model_name(model), NOT_SD_UNET)
         noise, inv = invert(model, positive, latent["samples"], steps, scheduler)
         out = {k: v for k, v in latent.items() if k not in ("samples", "batch_index")}
         out["samples"] = noise

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import torch
 
+from .errors import NodeInputError
 from .swap_math import pair_rows, step_window_active, swap_qk
 
 PIN_WRAPPER_KEY = "self_attention_edit.pin_source"
+CHECK_WRAPPER_KEY = "self_attention_edit.swap_check"
+SWAP_NODE = "Self-Attention Swap"
 
 
 def _optimized_attention(q, k, v, extra_options):
@@ -94,3 +97,56 @@ class PinSourceToTrajectory:
             if e % 2 == 0:
                 x[r] = self.latent_at(float(t[r])).to(x)[(e // 2) % n]
         return executor(x, t, c_concat, c_crossattn, control, transformer_options, *args, **kwargs)
+
+
+def expected_widths(unet) -> tuple[int | None, int | None]:
+    """(text-embedding width the cross-attention takes, width of the UNet's `y` input or None) read from
+    the modules themselves, so it is right for every family and for fine-tunes."""
+    context = None
+    for name, module in unet.named_modules():
+        if name.endswith("attn2") and hasattr(module, "to_k"):
+            context = int(module.to_k.weight.shape[1])
+            break
+    adm = None
+    label_emb = getattr(unet, "label_emb", None)
+    if label_emb is not None:
+        first = label_emb[0][0] if isinstance(label_emb[0], torch.nn.Sequential) else label_emb[0]
+        adm = int(first.weight.shape[1]) if hasattr(first, "weight") and first.weight.ndim == 2 else None
+    return context, adm
+
+
+class SwapInputCheck:
+    """WrappersMP.DIFFUSION_MODEL wrapper: checks what the sampler feeds a swapped model before the UNet
+    runs. The swap node cannot see the latent or the conditioning (they go to the sampler), so without
+    this, an unpaired batch or conditioning from another model family fails deep inside the UNet with a
+    shape error, or worse, pairs the wrong rows. Immutable."""
+
+    def __init__(self, context_width: int | None, adm_width: int | None):
+        self.context_width = context_width
+        self.adm_width = adm_width
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def __call__(self, executor, x, timesteps, context, y, control, transformer_options, *args, **kwargs):
+        chunks = len(transformer_options.get("cond_or_uncond") or [0])
+        rows = x.shape[0]
+        if rows % chunks == 0 and (rows // chunks) % 2:
+            raise NodeInputError(
+                SWAP_NODE, "latent_image (of the sampler)", f"batch {rows // chunks}",
+                "the latent batch cannot be split into source/target pairs; a swap samples pairs "
+                "[s1, t1, s2, t2, ...]: make the sampler's latent with 'Make Source/Target Pairs'")
+        if context is not None and self.context_width and context.shape[-1] != self.context_width:
+            raise NodeInputError(
+                SWAP_NODE, "positive/negative (of the sampler)", f"text width {context.shape[-1]}",
+                f"this model's cross-attention takes text embeddings of width {self.context_width}; the "
+                "conditioning comes from another model family's text encoder (e.g. SD1.5 CLIP on an SDXL "
+                "model): encode source and target prompts with this checkpoint's CLIP, then 'Source/Target "
+                "Conditioning'")
+        if y is not None and self.adm_width and y.shape[-1] != self.adm_width:
+            raise NodeInputError(
+                SWAP_NODE, "positive/negative (of the sampler)", f"pooled/size vector width {y.shape[-1]}",
+                f"this model expects a vector input of width {self.adm_width} (pooled text + size "
+                "embeddings); the conditioning comes from another model family: encode source and target "
+                "prompts with this checkpoint's CLIP")
+        return executor(x, timesteps, context, y, control, transformer_options, *args, **kwargs)

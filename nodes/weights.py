@@ -145,5 +145,10 @@ def compute_directions(model, preset: str, custom: str, k: int, on_layer=None) -
         result.append(LayerDirections(layer.key, layer.width, layer.level, values, vectors))
         if on_layer is not None:
             on_layer(i + 1, len(layers))
-    family = type(model.model.model_config).__name__ if hasattr(model.model, "model_config") else "unknown"
-    return AttnDirections(tuple(result), family, whole.hexdigest())
+    return AttnDirections(tuple(result), model_family(model), whole.hexdigest())
+
+
+def model_family(model) -> str:
+    """ComfyUI's model config class name ('SD15', 'SD20', 'SDXL', ...), fine-tunes included; 'unknown'."""
+    config = getattr(getattr(model, "model", None), "model_config", None)
+    return type(config).__name__ if config is not None else "unknown"

@@ -126,24 +126,40 @@ def calibrate_output_(base, family: str) -> None:
         last.bias.mul_(1.0 / out.std())
 
 
-def tiny_model(family: str = "sd15", seed: int = 0):
-    """A ModelPatcher around a tiny UNet of the given family, built by ComfyUI's own classes."""
-    import_comfyui()
-    import comfy.model_management
-    import comfy.model_patcher
+def _tiny_base(family: str, dtype, manual_cast_dtype=None):
     import comfy.supported_models as sm
 
     config_cls = {"sd15": sm.SD15, "sd20": sm.SD20, "sdxl": sm.SDXL}[family]
-    unet_config = _tiny_unet_config(family)
+    unet_config = {**_tiny_unet_config(family), "dtype": dtype}
     model_config = config_cls(unet_config)
     # The family's unet_extra_config (num_heads / num_head_channels) was written over ours: restore the
     # shrunken head layout so tiny widths still have several heads.
     model_config.unet_config.update(unet_config)
-    model_config.set_inference_dtype(__import__("torch").float32, None)
-    base = model_config.get_model({})
+    model_config.set_inference_dtype(dtype, manual_cast_dtype)
+    return model_config.get_model({})
+
+
+def tiny_model(family: str = "sd15", seed: int = 0, dtype=None, manual_cast_dtype=None):
+    """A ModelPatcher around a tiny UNet of the given family, built by ComfyUI's own classes.
+
+    dtype (default float32): the weights' and the UNet's dtype, e.g. torch.float16 / torch.bfloat16 as
+    ComfyUI runs half-precision checkpoints; manual_cast_dtype: ComfyUI's "weights in dtype, compute in
+    this" mode. The weights are the float32 model's, cast (initialised and calibrated in float32)."""
+    import torch
+
+    import_comfyui()
+    import comfy.model_management
+    import comfy.model_patcher
+
+    base = _tiny_base(family, torch.float32)
     init_weights_(base.diffusion_model, seed)
     base.eval()
     calibrate_output_(base, family)
+    if dtype is not None and dtype != torch.float32:
+        state = base.diffusion_model.state_dict()
+        base = _tiny_base(family, dtype, manual_cast_dtype)
+        base.diffusion_model.load_state_dict({k: v.to(dtype) for k, v in state.items()})
+        base.eval()
     device = comfy.model_management.get_torch_device()
     return comfy.model_patcher.ModelPatcher(base, load_device=device, offload_device=device)
 
