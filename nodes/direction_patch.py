@@ -71,17 +71,28 @@ class LatentDirectionPatch:
         return t.reshape(-1)
 
     def active_alphas(self, extra_options, rows: int, device) -> torch.Tensor | None:
-        """(rows,) alphas, zero outside the window; None when no row is edited."""
-        t = self._timesteps(extra_options, rows).to(device)
-        if t.shape[0] != rows:
-            raise ValueError(f"timesteps for {t.shape[0]} rows, activations for {rows}")
+        """(rows,) alphas, zero outside the window; None when no row is edited.
+
+        rows may be a multiple of the UNet's rows: a patch before this one (HyperTile) split every UNet
+        row into `tiles` contiguous rows of tokens; each tile gets its image's alpha."""
+        shape = extra_options.get("original_shape")
+        unet_rows = int(shape[0]) if shape is not None else rows
+        if unet_rows <= 0 or rows % unet_rows:
+            raise ValueError(f"Apply Latent Direction: attention input has {rows} rows for {unet_rows} UNet rows; "
+                             "another node re-batches the tokens in a way the edit cannot follow")
+        tiles = rows // unet_rows
+        t = self._timesteps(extra_options, unet_rows).to(device)
+        if t.shape[0] != unet_rows:
+            raise ValueError(f"timesteps for {t.shape[0]} rows, activations for {unet_rows}")
         inside = (t > self.t_low) & (t < self.t_high)
         if not bool(inside.any()):
             return None
         chunks = len(extra_options.get("cond_or_uncond", [0])) or 1
-        alphas = torch.tensor(alpha_per_row(self.alphas, rows, chunks), dtype=torch.float32, device=device)
+        alphas = torch.tensor(alpha_per_row(self.alphas, unet_rows, chunks), dtype=torch.float32, device=device)
         alphas = alphas * inside
-        return alphas if bool((alphas != 0).any()) else None
+        if not bool((alphas != 0).any()):
+            return None
+        return alphas.repeat_interleave(tiles) if tiles > 1 else alphas
 
     def __call__(self, n, context_attn1, value_attn1, extra_options):
         direction = self.vectors.get(layer_key(extra_options))
@@ -94,12 +105,16 @@ class LatentDirectionPatch:
         # q, k and v all read the perturbed input. Before the first attn1_patch, context and value are the
         # very tensor n; a new n alone would leave K and V unperturbed.
         shifted = n + delta
-        return shifted, self._shift(context_attn1, n, shifted, delta), self._shift(value_attn1, n, shifted, delta)
+        return (shifted, self._shift(context_attn1, n, shifted, delta, direction, extra_options),
+                self._shift(value_attn1, n, shifted, delta, direction, extra_options))
 
-    @staticmethod
-    def _shift(other, n, shifted, delta):
+    def _shift(self, other, n, shifted, delta, direction, extra_options):
         if other is n:
             return shifted
-        if other is not None and other.shape[0] == n.shape[0] and other.shape[-1] == n.shape[-1]:
+        if other is None or other.shape[-1] != n.shape[-1]:
+            return other
+        if other.shape[0] == n.shape[0]:
             return other + delta  # tokens in the same input space (e.g. reference tokens added upstream)
-        return other
+        # Rows split differently from n (HyperTile tiles only n, the query side): its own per-row delta.
+        alphas = self.active_alphas(extra_options, other.shape[0], other.device)
+        return other if alphas is None else other + direction_delta(other, direction, alphas, self.relative)

@@ -27,11 +27,37 @@ ROWS = ("conditional only", "conditional and unconditional")
 FPE_LAYERS = "below latent resolution (FPE default)"
 
 
+def attn1_replaces(model) -> dict:
+    return model.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn1", {})
+
+
 def existing_attn1_replace(model, patch_key):
     """The attn1 replace another node put on this layer (exact key first, then the block-wide 2-tuple key,
     the same lookup order as ComfyUI's transformer block), or None."""
-    replaces = model.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn1", {})
+    replaces = attn1_replaces(model)
     return replaces.get(patch_key) or replaces.get(patch_key[:2])
+
+
+def swap_keys(model, available, chosen) -> list[tuple]:
+    """The attn1 replace keys to register. A block whose every depth is chosen gets the block-wide key
+    (block, id): a node that temporarily replaces a whole block for an extra pass (core PAG puts an
+    identity attention on ("middle", 0)) then overrides the swap for that pass only, as it intends;
+    an exact key would silently win over it. Exact keys are kept where a depth is chosen alone or where
+    another node already holds that exact key (ComfyUI looks up the exact key first, so only an exact
+    key can call through it)."""
+    replaces = attn1_replaces(model)
+    depths: dict[tuple, set] = {}
+    for layer in available:
+        depths.setdefault(layer.block, set()).add(layer.depth)
+    keys = []
+    for block in dict.fromkeys(x.block for x in chosen):
+        mine = [x for x in chosen if x.block == block]
+        whole = {x.depth for x in mine} == depths[block]
+        exact = [x.patch_key for x in mine if not whole or x.patch_key in replaces]
+        keys += exact
+        if whole and len(exact) < len(mine):
+            keys.append(block)
+    return keys
 
 
 class SelfAttentionSwap(io.ComfyNode):
@@ -95,9 +121,9 @@ class SelfAttentionSwap(io.ComfyNode):
                                  str(e)) from e
         edit_chunks = frozenset({0}) if rows == ROWS[0] else frozenset({0, 1})
         m = model.clone()
-        for layer in chosen:
-            inner = existing_attn1_replace(model, layer.patch_key)
-            m.set_model_attn1_replace(SelfAttentionSwapPatch(start, end, edit_chunks, inner), *layer.patch_key)
+        for key in swap_keys(model, available, chosen):
+            inner = existing_attn1_replace(model, key) if len(key) == 3 else attn1_replaces(model).get(key)
+            m.set_model_attn1_replace(SelfAttentionSwapPatch(start, end, edit_chunks, inner), *key)
         import comfy.patcher_extension as pe
 
         # One check per model, however many swap nodes are chained.

@@ -35,6 +35,15 @@ def pair_rows(rows: int, cond_or_uncond: list[int], edit_chunks: set[int]) -> tu
     return targets, sources
 
 
+def copy_rows(x: torch.Tensor, targets: list[int], sources: list[int]) -> torch.Tensor:
+    """A new tensor whose target rows are x's source rows (x itself when there is nothing to copy)."""
+    if not targets:
+        return x
+    out = x.clone()
+    out[torch.tensor(targets, device=x.device)] = x[torch.tensor(sources, device=x.device)]
+    return out
+
+
 def swap_qk(q: torch.Tensor, k: torch.Tensor, targets: list[int], sources: list[int]):
     """q, k: (rows, tokens, heads*dim_head). Target rows get their source rows' q and k (new tensors)."""
     if not targets:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from .errors import NodeInputError
-from .swap_math import pair_rows, step_window_active, swap_qk
+from .swap_math import copy_rows, pair_rows, step_window_active
 
 PIN_WRAPPER_KEY = "self_attention_edit.pin_source"
 CHECK_WRAPPER_KEY = "self_attention_edit.swap_check"
@@ -22,6 +22,23 @@ def _optimized_attention(q, k, v, extra_options):
 def _sigma(extra_options) -> float | None:
     sigmas = extra_options.get("sigmas")
     return None if sigmas is None else float(sigmas.max())
+
+
+def tiled_pairs(rows: int, extra_options, edit_chunks) -> tuple[list[int], list[int]]:
+    """(target rows, source rows) of q/k. Another patch may have split each UNet row into `tiles` rows
+    before us (HyperTile: "(b nh nw) (h w) c", tiles of one image contiguous): tile j of a target then
+    attends with tile j of its source, the same image region, which is the swap done tile by tile."""
+    shape = extra_options.get("original_shape")
+    unet_rows = int(shape[0]) if shape is not None else rows
+    if unet_rows <= 0 or rows % unet_rows:
+        raise ValueError(f"{SWAP_NODE}: attention has {rows} rows for {unet_rows} UNet rows; another node "
+                         "re-batches self-attention tokens in a way the swap cannot pair: remove it or the swap")
+    tiles = rows // unet_rows
+    targets, sources = pair_rows(unet_rows, list(extra_options.get("cond_or_uncond", [0])), edit_chunks)
+    if tiles == 1:
+        return targets, sources
+    return ([t * tiles + j for t in targets for j in range(tiles)],
+            [s * tiles + j for s in sources for j in range(tiles)])
 
 
 class SelfAttentionSwapPatch:
@@ -49,8 +66,9 @@ class SelfAttentionSwapPatch:
 
     def __call__(self, q, k, v, extra_options):
         if self.active(extra_options):
-            targets, sources = pair_rows(q.shape[0], list(extra_options.get("cond_or_uncond", [0])), self.edit_chunks)
-            q, k = swap_qk(q, k, targets, sources)
+            # q and k may be tiled differently (HyperTile tiles the query side only): pair each on its own.
+            q = copy_rows(q, *tiled_pairs(q.shape[0], extra_options, self.edit_chunks))
+            k = copy_rows(k, *tiled_pairs(k.shape[0], extra_options, self.edit_chunks))
         if self.inner is not None:
             return self.inner(q, k, v, extra_options)
         return _optimized_attention(q, k, v, extra_options)
