@@ -10,15 +10,14 @@ written to <cache>/logs/soak-<time>.json.
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import os
-import shutil
 import time
 from pathlib import Path
 
 import pytest
+from prompt_edits import node_id, nodes_of, shrink, small_input_image
 from server_events import ServerEvents
 
 from tools.comfy_env import cache_dir
@@ -35,37 +34,6 @@ BAD_KINDS = ("nan_alpha", "bad_window", "index_beyond_k", "unpaired_batch", "cor
 MAX_RSS_GROWTH = 0.05
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
-
-
-def nodes_of(api: dict, class_type: str) -> list[dict]:
-    return [n for n in api.values() if n["class_type"] == class_type]
-
-
-def node_id(api: dict, class_type: str) -> str:
-    return next(k for k, n in api.items() if n["class_type"] == class_type)
-
-
-def shrink(api: dict, seed: int, steps: int = 2) -> dict:
-    """The same graph at 64 px, `steps` steps, 2-element sweeps; seed varied so ComfyUI re-executes the
-    samplers instead of serving its output cache."""
-    api = copy.deepcopy(api)
-    for n in api.values():
-        inputs, kind = n["inputs"], n["class_type"]
-        if kind == "EmptyLatentImage":
-            inputs.update(width=64, height=64)
-        elif kind == "KSampler":
-            inputs.update(steps=steps, seed=seed)
-        elif kind == "KSamplerAdvanced":
-            inputs.update(steps=steps, noise_seed=seed)
-        elif kind == "SAEdit_InvertLatent":
-            inputs.update(steps=steps)
-        elif kind == "SAEdit_RepeatLatentSameNoise":
-            inputs.update(amount=2)
-        elif kind == "SAEdit_ApplyLatentDirection" and inputs.get("alpha_sweep"):
-            inputs.update(alpha_sweep="-0.4, 0.4")
-        elif kind == "LoadImage":
-            inputs.update(image="sae_soak.png")
-    return api
 
 
 def bad_prompt(apis: dict, kind: str, seed: int) -> tuple[dict, str, str]:
@@ -126,7 +94,7 @@ def soak_server(server_models_dir, tmp_path_factory):
     (output / "attention_directions" / CORRUPT_FILE).write_bytes(b"\x00" * 128)
     with ComfyServer(custom_node_dirs={"self-attention-edit": REPO}, models_dir=server_models_dir,
                      output_dir=output) as srv:
-        shutil.copy(REPO / "tools" / "assets" / "sae_example.png", srv.tmp / "base" / "input" / "sae_soak.png")
+        small_input_image(srv)
         yield srv
 
 
