@@ -51,6 +51,12 @@ def tiny_flux():
     cfg = {"image_model": "flux", "in_channels": 16, "out_channels": 16, "vec_in_dim": 32, "context_in_dim": 32,
            "hidden_size": 32, "mlp_ratio": 2.0, "num_heads": 2, "depth": 1, "depth_single_blocks": 1,
            "axes_dim": [4, 6, 6], "theta": 10000, "patch_size": 2, "qkv_bias": True, "guidance_embed": False}
+    import dataclasses
+
+    from comfy.ldm.flux.model import FluxParams
+
+    if "txt_ids_dims" in {f.name for f in dataclasses.fields(FluxParams)}:
+        cfg["txt_ids_dims"] = []  # a required field since ComfyUI 0.8.0 (no text position ids)
     config = sm.Flux(cfg)
     config.unet_config.update(cfg)
     config.set_inference_dtype(torch.float32, None)

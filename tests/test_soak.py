@@ -1,7 +1,7 @@
 """A long run against one real ComfyUI server: every example workflow (converted the way the front end
 does, then shrunk to 64 px and 2 steps), prompts interrupted during eigendirection computation and during
-sampling (POST /interrupt when the node reports progress), and prompts with bad inputs, cycled
-SAE_SOAK_PROMPTS times (default 100). Every good prompt succeeds, every bad one fails with the pack's
+sampling (POST /interrupt when the node reports progress), and prompts with bad inputs, in a fixed cycle,
+SAE_SOAK_PROMPTS prompts in all (default 100). Every good prompt succeeds, every bad one fails with the pack's
 message, the server stays up, and its resident memory after warm-up grows by less than 5%.
 
 The figures (prompt counts, RSS at the end of warm-up and at the end, growth, durations) are logged and
