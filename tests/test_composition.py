@@ -8,9 +8,8 @@ from __future__ import annotations
 import random
 
 import pytest
-import torch
-
 import testbed
+import torch
 
 RELATIVE = "relative to token norm"
 FPE = "below latent resolution (FPE default)"
