@@ -21,6 +21,14 @@ def node_out(result):
     return result.args[0] if hasattr(result, "args") else result[0]
 
 
+def core(cls, *args):
+    """Run a core node, V3 (classmethod execute) or V1 (FUNCTION on an instance; ComfyUI <= 0.3.5x),
+    and return its first output."""
+    if hasattr(cls, "execute"):
+        return node_out(cls.execute(*args))
+    return node_out(getattr(cls(), cls.FUNCTION)(*args))
+
+
 class Counter:
     """Another pack's attn1_patch / attn1 replace: counts calls per layer, identity otherwise.
     Immutable for ComfyUI's deepcopy (a real pack would keep such state in a closure)."""
@@ -83,12 +91,12 @@ def others():
 
     return {
         "lora": lambda m, c: lora(m),
-        "pag": lambda m, c: node_out(pag.PerturbedAttentionGuidance.execute(m, 3.0)),
-        "sag": lambda m, c: node_out(sag.SelfAttentionGuidance.execute(m, 0.5, 2.0)),
-        "freeu": lambda m, c: node_out(fl.FreeU().patch(m, 1.3, 1.4, 0.9, 0.2)),
+        "pag": lambda m, c: core(pag.PerturbedAttentionGuidance, m, 3.0),
+        "sag": lambda m, c: core(sag.SelfAttentionGuidance, m, 0.5, 2.0),
+        "freeu": lambda m, c: core(fl.FreeU, m, 1.3, 1.4, 0.9, 0.2),
         # tile_size 32 -> 4x4-token tiles: the 16x16 latent's level-1 layers (swapped ones) are tiled 2x2.
-        "hypertile": lambda m, c: node_out(ht.HyperTile.execute(m, 32, 1, 1, False)),
-        "attn_multiply": lambda m, c: node_out(am.UNetSelfAttentionMultiply.execute(m, 1.0, 1.2, 0.8, 1.0)),
+        "hypertile": lambda m, c: core(ht.HyperTile, m, 32, 1, 1, False),
+        "attn_multiply": lambda m, c: core(am.UNetSelfAttentionMultiply, m, 1.0, 1.2, 0.8, 1.0),
         "foreign_attn1_patch": foreign_attn1_patch,
         "foreign_attn1_replace": foreign_attn1_replace,
     }
@@ -192,8 +200,8 @@ def test_swap_keeps_pag_working(bed):
     swapped = ours(bed, "swap", base)
     keys = set(swapped.model_options["transformer_options"]["patches_replace"]["attn1"])
     assert ("middle", 0) in keys and not any(len(k) == 3 for k in keys), keys
-    pag_after = run(bed, node_out(pag.PerturbedAttentionGuidance.execute(swapped, 3.0)))
-    pag_before = run(bed, ours(bed, "swap", node_out(pag.PerturbedAttentionGuidance.execute(base, 3.0))))
+    pag_after = run(bed, core(pag.PerturbedAttentionGuidance, swapped, 3.0))
+    pag_before = run(bed, ours(bed, "swap", core(pag.PerturbedAttentionGuidance, base, 3.0)))
     swap_only = run(bed, swapped)
     assert not torch.equal(pag_after, swap_only)
     assert torch.equal(pag_after, pag_before)
@@ -208,7 +216,7 @@ def test_swap_under_hypertile_pairs_tiles_of_the_same_region(bed):
     sae = bed["sae"]
     same = sae("nodes.node_swap").PairConditioning.execute(testbed.tiny_conditioning("sd15", 1),
                                                           testbed.tiny_conditioning("sd15", 1)).args[0]
-    tiled = node_out(ht.HyperTile.execute(bed["model"], 32, 1, 1, False))
+    tiled = core(ht.HyperTile, bed["model"], 32, 1, 1, False)
     lat = bed["latent"]
 
     def sample(m, cond):
@@ -230,8 +238,8 @@ def test_direction_before_or_after_weight_patches_is_the_same(bed):
     import comfy_extras.nodes_freelunch as fl
 
     base = bed["model"]
-    for make in (lora, lambda m: node_out(am.UNetSelfAttentionMultiply.execute(m, 1.0, 1.2, 0.8, 1.0)),
-                 lambda m: node_out(fl.FreeU().patch(m, 1.3, 1.4, 0.9, 0.2))):
+    for make in (lora, lambda m: core(am.UNetSelfAttentionMultiply, m, 1.0, 1.2, 0.8, 1.0),
+                 lambda m: core(fl.FreeU, m, 1.3, 1.4, 0.9, 0.2)):
         a = run(bed, ours(bed, "direction", make(base)))
         b = run(bed, make(ours(bed, "direction", base)))
         assert torch.equal(a, b)
@@ -244,8 +252,8 @@ def test_sag_after_swap_takes_the_middle_layer_documented(bed):
     import comfy_extras.nodes_sag as sag
 
     base = bed["model"]
-    before = ours(bed, "swap", node_out(sag.SelfAttentionGuidance.execute(base, 0.5, 2.0)))
-    after = node_out(sag.SelfAttentionGuidance.execute(ours(bed, "swap", base), 0.5, 2.0))
+    before = ours(bed, "swap", core(sag.SelfAttentionGuidance, base, 0.5, 2.0))
+    after = core(sag.SelfAttentionGuidance, ours(bed, "swap", base), 0.5, 2.0)
     patch_cls = bed["sae"]("nodes.swap_patch").SelfAttentionSwapPatch
     rep_before = before.model_options["transformer_options"]["patches_replace"]["attn1"]
     rep_after = after.model_options["transformer_options"]["patches_replace"]["attn1"]
