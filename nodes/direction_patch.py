@@ -53,6 +53,11 @@ class LatentDirectionPatch:
         self.relative = bool(relative)
         # Used only if the timestep wrapper did not run (another pack calling the UNet by hand).
         self.fallback_timestep = fallback_timestep
+        # Cache of the last active_alphas() result: every layer of one UNet call asks for the same
+        # alphas (same timesteps tensor, rows, chunks, device); computing them costs ~10 small tensor ops
+        # and two host syncs. Keyed by the identity of that call's timesteps (or sigmas) tensor, which the
+        # cache holds (so the identity cannot be reused by a later tensor). One tuple, replaced atomically.
+        self._last_alphas = None
 
     def __deepcopy__(self, memo):
         return self
@@ -72,6 +77,18 @@ class LatentDirectionPatch:
 
     def active_alphas(self, extra_options, rows: int, device) -> torch.Tensor | None:
         """(rows,) alphas, zero outside the window; None when no row is edited."""
+        source = extra_options.get(TIMESTEPS_KEY)
+        if source is None:
+            source = extra_options["sigmas"]
+        chunks = len(extra_options.get("cond_or_uncond", [0])) or 1
+        last = self._last_alphas
+        if last is not None and last[0] is source and last[1] == rows and last[2] == chunks and last[3] == device:
+            return last[4]
+        alphas = self._compute_active_alphas(extra_options, rows, device)
+        self._last_alphas = (source, rows, chunks, device, alphas)
+        return alphas
+
+    def _compute_active_alphas(self, extra_options, rows: int, device) -> torch.Tensor | None:
         t = self._timesteps(extra_options, rows).to(device)
         if t.shape[0] != rows:
             raise ValueError(f"timesteps for {t.shape[0]} rows, activations for {rows}")
