@@ -9,6 +9,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -140,3 +141,65 @@ def full_model(family: str, dtype, init: str = "attn1", seed: int = 0):
     base.eval()
     device = comfy.model_management.get_torch_device()
     return comfy.model_patcher.ModelPatcher(base, load_device=device, offload_device=device)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Peak memory on CPU, measured: torch's CPU tensors come from malloc, so glibc's count of the bytes malloc
+# has handed out (mallinfo2) is the live tensor memory plus Python's; a thread polls it every millisecond.
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def live_heap_probe():
+    """A function returning the bytes malloc currently has handed out (glibc >= 2.33), or None."""
+    try:
+        import ctypes
+
+        class MallInfo2(ctypes.Structure):
+            _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                       "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallinfo2.restype = MallInfo2
+    except (OSError, AttributeError):
+        return None
+
+    def live() -> int:
+        info = libc.mallinfo2()
+        return info.uordblks + info.hblkhd
+
+    return live
+
+
+class PeakMemory:
+    """with PeakMemory() as peak: ...; peak.report() -> the peak above the level at entry (MB), polled
+    every millisecond (live malloc bytes; the resident set where mallinfo2 is missing)."""
+
+    def __init__(self):
+        probe = live_heap_probe()
+        self.measure = probe or rss_bytes
+        self.kind = "malloc live bytes (mallinfo2)" if probe else "resident set"
+
+    def __enter__(self):
+        self.before = self.measure()
+        self.peak = self.before
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+        return self
+
+    def _poll(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.measure())
+            time.sleep(0.001)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.measure())
+
+    def report(self) -> dict:
+        return {"measure": self.kind, "before_mb": self.before / 2**20,
+                "peak_above_mb": (self.peak - self.before) / 2**20, "rss_mb": rss_bytes() / 2**20}

@@ -19,13 +19,12 @@ import os
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import REPO, full_model, machine, md_table  # noqa: E402
+from _common import REPO, PeakMemory, full_model, machine, md_table  # noqa: E402
 
 RELATIVE = "relative to token norm"
 ALPHA = 0.2
@@ -44,7 +43,7 @@ SETTINGS = {
 }
 
 
-def _setup(model_name: str):
+def setup_model(model_name: str):
     """(model, positive, negative, latent) for a model name, deterministic."""
     import torch
 
@@ -56,7 +55,7 @@ def _setup(model_name: str):
         pos, neg = testbed.tiny_conditioning("sd15", 1), testbed.tiny_conditioning("sd15", 2)
     elif model_name == "sd15":
         model = full_model("sd15", torch.float32, init="all")
-        _calibrate(model)
+        calibrate(model)
         gen = torch.Generator().manual_seed(7)
         pos = [[torch.randn((1, 77, 768), generator=gen), {}]]
         neg = [[torch.randn((1, 77, 768), generator=gen), {}]]
@@ -66,7 +65,7 @@ def _setup(model_name: str):
     return model, pos, neg, latent
 
 
-def _calibrate(model) -> None:
+def calibrate(model) -> None:
     """Scale the UNet's last conv so eps has unit std at t=500, like a trained model (testbed.calibrate_output_
     with SD1.5's real context width)."""
     import torch
@@ -82,7 +81,7 @@ def _calibrate(model) -> None:
         last.bias.mul_(1.0 / out.std())
 
 
-def _variant_models(model):
+def variant_models(model):
     """variant name -> patched model, built with the nodes' execute()."""
     import testbed
 
@@ -98,7 +97,7 @@ def _variant_models(model):
     return out
 
 
-def _sample(model_name, model, pos, neg, latent):
+def sample_model(model_name, model, pos, neg, latent):
     import testbed
 
     s = SETTINGS[model_name]
@@ -109,15 +108,15 @@ def _sample(model_name, model, pos, neg, latent):
 def time_variants(model_name: str, repeats: int | None):
     import torch
 
-    model, pos, neg, latent = _setup(model_name)
-    models = _variant_models(model)
+    model, pos, neg, latent = setup_model(model_name)
+    models = variant_models(model)
     repeats = repeats or SETTINGS[model_name]["repeats"]
-    outs = {name: _sample(model_name, m, pos, neg, latent) for name, m in models.items()}  # warm-up
+    outs = {name: sample_model(model_name, m, pos, neg, latent) for name, m in models.items()}  # warm-up
     times = {name: [] for name in models}
     for _ in range(repeats):
         for name, m in models.items():
             t0 = time.perf_counter()
-            _sample(model_name, m, pos, neg, latent)
+            sample_model(model_name, m, pos, neg, latent)
             times[name].append(time.perf_counter() - t0)
     base = statistics.median(times["base"])
     rows = []
@@ -128,62 +127,17 @@ def time_variants(model_name: str, repeats: int | None):
     return rows
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _live_heap_probe():
-    """A function returning the bytes malloc currently has handed out (glibc mallinfo2: in-use arena bytes
-    plus mmapped blocks; torch's CPU tensors are allocated through malloc), or None without glibc 2.33+."""
-    try:
-        import ctypes
-
-        class MallInfo2(ctypes.Structure):
-            _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
-                                                       "fsmblks", "uordblks", "fordblks", "keepcost")]
-
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallinfo2.restype = MallInfo2
-    except (OSError, AttributeError):
-        return None
-
-    def live() -> int:
-        info = libc.mallinfo2()
-        return info.uordblks + info.hblkhd
-
-    return live
-
-
 def worker(model_name: str, variant: str) -> dict:
-    """One variant in this (fresh) process: a warm-up run, then a measured run during which the live heap
-    (or the resident set, without glibc) is polled every millisecond. Reports the peak above the level
-    just before sampling: the memory the sampling itself needs (activations, patch temporaries)."""
-    model, pos, neg, latent = _setup(model_name)
-    m = _variant_models(model)[variant]
-    _sample(model_name, m, pos, neg, latent)
-    probe = _live_heap_probe()
-    measure = probe or _rss_bytes
-    before = measure()
-    peak = [before]
-    stop = threading.Event()
-
-    def poll():
-        while not stop.is_set():
-            peak[0] = max(peak[0], measure())
-            time.sleep(0.001)
-
-    thread = threading.Thread(target=poll, daemon=True)
-    thread.start()
-    t0 = time.perf_counter()
-    _sample(model_name, m, pos, neg, latent)
-    seconds = time.perf_counter() - t0
-    stop.set()
-    thread.join()
-    peak[0] = max(peak[0], measure())
-    return {"variant": variant, "measure": "malloc live bytes (mallinfo2)" if probe else "resident set",
-            "before_mb": before / 2**20, "peak_above_mb": (peak[0] - before) / 2**20, "run_s": seconds,
-            "rss_mb": _rss_bytes() / 2**20}
+    """One variant in this (fresh) process: a warm-up run, then a measured run. Reports the peak memory
+    above the level just before sampling: what the sampling itself needs (activations, patch temporaries)."""
+    model, pos, neg, latent = setup_model(model_name)
+    m = variant_models(model)[variant]
+    sample_model(model_name, m, pos, neg, latent)
+    with PeakMemory() as peak:
+        t0 = time.perf_counter()
+        sample_model(model_name, m, pos, neg, latent)
+        seconds = time.perf_counter() - t0
+    return {"variant": variant, **peak.report(), "run_s": seconds}
 
 
 def memory_variants(model_name: str):
@@ -201,11 +155,11 @@ def profile_variant(model_name: str, variant: str, top: int = 25) -> str:
     """torch.profiler table (CPU, with Python functions) of one sampling run of a variant."""
     from torch.profiler import ProfilerActivity, profile
 
-    model, pos, neg, latent = _setup(model_name)
-    m = _variant_models(model)[variant]
-    _sample(model_name, m, pos, neg, latent)
+    model, pos, neg, latent = setup_model(model_name)
+    m = variant_models(model)[variant]
+    sample_model(model_name, m, pos, neg, latent)
     with profile(activities=[ProfilerActivity.CPU], with_stack=False) as prof:
-        _sample(model_name, m, pos, neg, latent)
+        sample_model(model_name, m, pos, neg, latent)
     return prof.key_averages().table(sort_by="cpu_time_total", row_limit=top)
 
 

@@ -36,15 +36,15 @@ def pair_rows(rows: int, cond_or_uncond: list[int], edit_chunks: set[int]) -> tu
 
 
 def swap_qk(q: torch.Tensor, k: torch.Tensor, targets: list[int], sources: list[int]):
-    """q, k: (rows, tokens, heads*dim_head). Target rows get their source rows' q and k (new tensors)."""
+    """q, k: (rows, tokens, heads*dim_head). Target rows get their source rows' q and k (new tensors).
+    One gather per tensor (row r reads row index[r]): a single copy, no clone-then-overwrite."""
     if not targets:
         return q, k
-    t = torch.tensor(targets, device=q.device)
-    s = torch.tensor(sources, device=q.device)
-    q2, k2 = q.clone(), k.clone()
-    q2[t] = q[s]
-    k2[t] = k[s]
-    return q2, k2
+    index = list(range(q.shape[0]))
+    for t, s in zip(targets, sources):
+        index[t] = s
+    index = torch.tensor(index, device=q.device)
+    return q.index_select(0, index), k.index_select(0, index)
 
 
 def explicit_swapped_attention(q, k, v, heads: int, targets: list[int], sources: list[int]) -> torch.Tensor:
