@@ -11,7 +11,8 @@ export function normalizeSpectrum(summary) {
   for (const layer of summary.layers) {
     if (!layer || !Array.isArray(layer.eigenvalues)) continue;
     // log scale: zero or negative eigenvalues (C is positive semi-definite) are clamped to a tiny floor
-    const values = layer.eigenvalues.slice(0, MAX_SHOWN).map(Number).filter(Number.isFinite).map((v) => Math.max(v, 1e-12));
+    const values = layer.eigenvalues.slice(0, MAX_SHOWN).filter((v) => typeof v === "number" && Number.isFinite(v))
+      .map((v) => Math.max(v, 1e-12));
     if (values.length) layers.push({ key: String(layer.key ?? "?"), level: Number(layer.level) || 0, width: layer.width, values });
   }
   if (!layers.length) return null;
@@ -26,7 +27,10 @@ function median(xs) {
 }
 
 /** Where the spectrum drops most: the index i (0-based) maximising the median over layers of
- *  lambda_i / lambda_{i+1}. Directions 0..i dominate. null when fewer than 2 values. */
+ *  lambda_i / lambda_{i+1}. Directions 0..i dominate. null when fewer than 2 values or no drop of at
+ *  least MIN_GAP. */
+export const MIN_GAP = 1.25; // a smaller drop is no gap: every direction is about as strong
+
 export function findGap(spec) {
   let best = null;
   for (let i = 0; i + 1 < spec.k; i++) {
@@ -35,7 +39,7 @@ export function findGap(spec) {
     const r = median(ratios);
     if (!best || r > best.ratio) best = { index: i, ratio: r };
   }
-  return best;
+  return best && best.ratio >= MIN_GAP ? best : null;
 }
 
 const PAD = { left: 34, right: 8, top: 8, bottom: 16 };
@@ -48,14 +52,16 @@ function levelColor(level, maxLevel) {
 /** Chart geometry shared by drawing and hit testing. */
 export function layout(spec, width, height) {
   const logs = spec.layers.flatMap((l) => l.values.map(Math.log10));
-  let lo = Math.floor(Math.min(...logs));
-  let hi = Math.ceil(Math.max(...logs));
-  if (hi - lo < 1) { lo -= 0.5; hi += 0.5; }
+  // whole decades when the spectrum spans them; quarter decades for a flat one (e.g. random weights),
+  // so its small differences stay visible
+  const unit = Math.max(...logs) - Math.min(...logs) > 1.5 ? 1 : 0.25;
+  const lo = Math.floor(Math.min(...logs) / unit) * unit;
+  const hi = Math.max(lo + unit, Math.ceil(Math.max(...logs) / unit) * unit);
   const plotW = Math.max(1, width - PAD.left - PAD.right);
   const plotH = Math.max(1, height - PAD.top - PAD.bottom);
   const step = plotW / spec.k;
   return {
-    lo, hi, step,
+    lo, hi, step, unit,
     x: (i) => PAD.left + (i + 0.5) * step,
     y: (v) => PAD.top + (1 - (Math.log10(v) - lo) / (hi - lo)) * plotH,
     bottom: PAD.top + plotH,
@@ -74,10 +80,10 @@ export function drawSpectrum(ctx, spec, width, height, gap, hover = null) {
   ctx.fillStyle = "#999";
   ctx.strokeStyle = "#333";
   ctx.lineWidth = 1;
-  for (let d = Math.ceil(g.lo); d <= g.hi; d++) { // decade grid lines: the chart is log scale
+  for (let d = g.lo; d <= g.hi + 1e-9; d += g.unit) { // grid lines at (quarter) decades: log scale
     const y = g.y(10 ** d);
     ctx.beginPath(); ctx.moveTo(PAD.left, y); ctx.lineTo(width - PAD.right, y); ctx.stroke();
-    ctx.fillText(`1e${d}`, 2, y + 3);
+    ctx.fillText(g.unit === 1 ? `1e${Math.round(d)}` : fmt(10 ** d), 2, y + 3);
   }
   const tick = Math.max(1, Math.ceil(spec.k / 16));
   for (let i = 0; i < spec.k; i += tick) ctx.fillText(String(i), g.x(i) - 3, height - 4);
@@ -124,6 +130,7 @@ export function caption(spec, gap) {
   const parts = [`${spec.layers.length} layer${spec.layers.length > 1 ? "s" : ""}`, `k=${spec.totalK}`];
   if (spec.totalK > spec.k) parts.push(`first ${spec.k} shown`);
   if (gap) parts.push(`gap after index ${gap.index} (x${gap.ratio.toFixed(2)})`);
+  else if (spec.k > 1) parts.push("flat: no direction dominates");
   return parts.join(" · ");
 }
 
