@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+
 from conftest_server import PACK_NAME
 
 pytestmark = [pytest.mark.browser, pytest.mark.server]
