@@ -104,39 +104,49 @@ def fingerprints(weights: dict[str, tuple[torch.Tensor, ...]]) -> dict[str, str]
 
 
 class _EigenCache:
-    """Process-wide LRU of eigenpairs keyed by weight content, bounded in bytes.
+    """Process-wide LRU of eigenpairs keyed by (weight content, k), bounded in bytes.
 
     Keyed by the fingerprint of the exact weights, so it can never serve directions for weights that
-    changed; holds the largest k computed so far and serves any smaller k from it."""
+    changed. Keyed by k too, although the top 8 of a k=16 answer would do for k=8: the fast eigensolver's
+    last bits depend on k (its subspace size does), and a workflow must give the same directions, bit for
+    bit, whatever ran before it in the same server."""
 
     def __init__(self, max_bytes: int = 256 << 20):
         self.max_bytes = max_bytes
-        self._items: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self._items: OrderedDict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self._bytes = 0
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
 
     def get(self, fingerprint: str, k: int):
         with self._lock:
-            item = self._items.get(fingerprint)
-            if item is None or item[0].shape[0] < k:
+            item = self._items.get((fingerprint, k))
+            if item is None:
                 self.misses += 1
                 return None
-            self._items.move_to_end(fingerprint)
+            self._items.move_to_end((fingerprint, k))
             self.hits += 1
-            return item[0][:k], item[1][:k]
+            return item
 
     def put(self, fingerprint: str, values: torch.Tensor, vectors: torch.Tensor) -> None:
+        key = (fingerprint, values.shape[0])
         with self._lock:
-            self._items[fingerprint] = (values, vectors)
-            self._items.move_to_end(fingerprint)
-            while sum(v.numel() * 4 + e.numel() * 4 for e, v in self._items.values()) > self.max_bytes \
-                    and len(self._items) > 1:
-                self._items.popitem(last=False)
+            if key in self._items:
+                self._bytes -= self._size(self._items.pop(key))
+            self._items[key] = (values, vectors)
+            self._bytes += self._size((values, vectors))
+            while self._bytes > self.max_bytes and len(self._items) > 1:
+                self._bytes -= self._size(self._items.popitem(last=False)[1])
+
+    @staticmethod
+    def _size(item) -> int:
+        return sum(t.numel() * t.element_size() for t in item)
 
     def clear(self) -> None:
         with self._lock:
             self._items.clear()
+            self._bytes = 0
             self.hits = self.misses = 0
 
 
@@ -155,7 +165,7 @@ def compute_directions(model, preset: str, custom: str, k: int, on_layer=None) -
         ws = weights[layer.key]
         fingerprint = prints[layer.key]
         whole.update(f"{layer.key}:{fingerprint};".encode())
-        cached = EIGEN_CACHE.get(fingerprint, k)
+        cached = EIGEN_CACHE.get(fingerprint, min(k, ws[0].shape[1]))  # k is clamped to the width
         if cached is None:
             values, vectors = eigen.top_eigenpairs(*ws, k)
             EIGEN_CACHE.put(fingerprint, values, vectors)
