@@ -68,7 +68,7 @@ def method_flops(d, k, report) -> float:
     methods = [report.method] if not report.fallback else [m.split(":")[0] for m in report.fallback.split("; ")] + [report.method]
     for method in methods:
         if method == "shift-invert":
-            b, q, p = eigen._krylov_shape(k)
+            b, q, p = eigen._krylov_shape(k, d)
             m = b * (q + 1)
             total += eigen._LANCZOS_STEPS * 2 * d * d  # Lanczos
             total += d**3 / 3  # Cholesky
