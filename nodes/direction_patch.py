@@ -53,6 +53,11 @@ class LatentDirectionPatch:
         self.relative = bool(relative)
         # Used only if the timestep wrapper did not run (another pack calling the UNet by hand).
         self.fallback_timestep = fallback_timestep
+        # Cache of the last active_alphas() result: every layer of one UNet call asks for the same
+        # alphas (same timesteps tensor, rows, chunks, device); computing them costs ~10 small tensor ops
+        # and two host syncs. Keyed by the identity of that call's timesteps (or sigmas) tensor, which the
+        # cache holds (so the identity cannot be reused by a later tensor). One tuple, replaced atomically.
+        self._last_alphas = None
 
     def __deepcopy__(self, memo):
         return self
@@ -75,6 +80,18 @@ class LatentDirectionPatch:
 
         rows may be a multiple of the UNet's rows: a patch before this one (HyperTile) split every UNet
         row into `tiles` contiguous rows of tokens; each tile gets its image's alpha."""
+        source = extra_options.get(TIMESTEPS_KEY)
+        if source is None:
+            source = extra_options["sigmas"]
+        chunks = len(extra_options.get("cond_or_uncond", [0])) or 1
+        last = self._last_alphas
+        if last is not None and last[0] is source and last[1] == rows and last[2] == chunks and last[3] == device:
+            return last[4]
+        alphas = self._compute_active_alphas(extra_options, rows, device)
+        self._last_alphas = (source, rows, chunks, device, alphas)
+        return alphas
+
+    def _compute_active_alphas(self, extra_options, rows: int, device) -> torch.Tensor | None:
         shape = extra_options.get("original_shape")
         unet_rows = int(shape[0]) if shape is not None else rows
         if unet_rows <= 0 or rows % unet_rows:

@@ -99,7 +99,7 @@ class AttnDirections:
         save_file(tensors, path, metadata=metadata)
 
     @classmethod
-    def load(cls, path: str) -> "AttnDirections":
+    def load(cls, path: str) -> AttnDirections:
         """Read a directions file; ValueError with the reason if it is not one (or is damaged)."""
         from safetensors import safe_open
 

@@ -5,9 +5,13 @@ from __future__ import annotations
 from comfy_api.latest import ComfyExtension, io
 
 from .node_apply import ApplyLatentDirection
-from .node_directions import (ComputeAttentionEigendirections, LoadAttentionDirections, SaveAttentionDirections,
-                              register_folder)
 from .node_batch import BATCH_NODES
+from .node_directions import (
+    ComputeAttentionEigendirections,
+    LoadAttentionDirections,
+    SaveAttentionDirections,
+    register_folder,
+)
 from .node_swap import SWAP_NODES
 
 NODES: list[type[io.ComfyNode]] = [

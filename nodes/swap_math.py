@@ -36,24 +36,14 @@ def pair_rows(rows: int, cond_or_uncond: list[int], edit_chunks: set[int]) -> tu
 
 
 def copy_rows(x: torch.Tensor, targets: list[int], sources: list[int]) -> torch.Tensor:
-    """A new tensor whose target rows are x's source rows (x itself when there is nothing to copy)."""
+    """A new tensor whose target rows are x's source rows (x itself when there is nothing to copy).
+    One gather (row r reads row index[r]): a single copy, no clone-then-overwrite."""
     if not targets:
         return x
-    out = x.clone()
-    out[torch.tensor(targets, device=x.device)] = x[torch.tensor(sources, device=x.device)]
-    return out
-
-
-def swap_qk(q: torch.Tensor, k: torch.Tensor, targets: list[int], sources: list[int]):
-    """q, k: (rows, tokens, heads*dim_head). Target rows get their source rows' q and k (new tensors)."""
-    if not targets:
-        return q, k
-    t = torch.tensor(targets, device=q.device)
-    s = torch.tensor(sources, device=q.device)
-    q2, k2 = q.clone(), k.clone()
-    q2[t] = q[s]
-    k2[t] = k[s]
-    return q2, k2
+    index = list(range(x.shape[0]))
+    for t, s in zip(targets, sources):
+        index[t] = s
+    return x.index_select(0, torch.tensor(index, device=x.device))
 
 
 def explicit_swapped_attention(q, k, v, heads: int, targets: list[int], sources: list[int]) -> torch.Tensor:

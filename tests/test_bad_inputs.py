@@ -5,8 +5,9 @@ Half-precision models are not bad input: they must work."""
 from __future__ import annotations
 
 import pytest
-import testbed
 import torch
+
+import testbed
 from snapshots import snapshot, unchanged
 
 RELATIVE = "relative to token norm"

@@ -8,8 +8,9 @@ from __future__ import annotations
 import random
 
 import pytest
-import testbed
 import torch
+
+import testbed
 
 RELATIVE = "relative to token norm"
 FPE = "below latent resolution (FPE default)"

@@ -213,3 +213,23 @@ def test_save_and_load_round_trip(sae, tmp_path):
     (tmp_path / "bad.safetensors").write_bytes(b"\x00" * 64)
     with pytest.raises(ValueError, match="could not be read"):
         directions.AttnDirections.load(str(tmp_path / "bad.safetensors"))
+
+
+def test_directions_do_not_depend_on_what_ran_before(sae):
+    """The eigen cache is keyed by (weights, k): asking for k=3 after k=6 computes k=3 afresh instead of
+    slicing the k=6 answer, so a workflow gives bit-identical directions whatever ran before it; a k
+    larger than a layer's width (clamped) is still served from the cache."""
+    weights = sae("nodes.weights")
+    model = testbed.tiny_model("sd15")
+    fresh = compute(sae, model, "middle block", 3)
+    weights.EIGEN_CACHE.clear()
+    compute(sae, model, "middle block", 6)
+    misses = weights.EIGEN_CACHE.misses
+    after = compute(sae, model, "middle block", 3)
+    assert weights.EIGEN_CACHE.misses == misses + 1, "k=3 must not be sliced from the k=6 entry"
+    assert torch.equal(after.layers[0].vectors, fresh.layers[0].vectors)
+    width = after.layers[0].width
+    compute(sae, model, "middle block", width + 5)
+    hits = weights.EIGEN_CACHE.hits
+    again = compute(sae, model, "middle block", width + 5)
+    assert weights.EIGEN_CACHE.hits == hits + 1 and again.layers[0].vectors.shape[0] == width

@@ -36,3 +36,29 @@ def test_example_workflow_runs_through_a_real_server(comfy_server, object_info, 
     for f in files:
         with Image.open(f) as im:
             assert list(im.size) == expected["size"], f
+
+
+def test_thumbnails_are_small_jpegs_beside_their_workflows():
+    """example_workflows/<name>.jpg (tools/make_thumbnails.py) belongs to a workflow, is a 256 px JPEG and
+    stays under 50 kB, so the repository and the template browser stay light."""
+    thumbs = sorted((REPO / "example_workflows").glob("*.jpg"))
+    assert [t.stem for t in thumbs] == [w.stem for w in WORKFLOWS]
+    for t in thumbs:
+        assert t.stat().st_size < 50_000, t.name
+        with Image.open(t) as im:
+            assert im.format == "JPEG" and im.size == (256, 256), t.name
+
+
+@pytest.mark.server
+def test_template_browser_lists_every_workflow_with_its_thumbnail(comfy_server):
+    """GET /api/workflow_templates (what the template browser reads) lists our five workflows under the
+    pack, and each one's .json and .jpg are served where the front end fetches them."""
+    from conftest_server import PACK_NAME
+
+    listed = comfy_server.get("/api/workflow_templates").get(PACK_NAME)
+    assert sorted(listed) == [w.stem for w in WORKFLOWS]
+    for name in listed:
+        wf = json.loads(comfy_server.get_bytes(f"/api/workflow_templates/{PACK_NAME}/{name}.json"))
+        assert wf["nodes"]
+        jpg = comfy_server.get_bytes(f"/api/workflow_templates/{PACK_NAME}/{name}.jpg")
+        assert jpg[:3] == b"\xff\xd8\xff", name  # JPEG signature

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import testbed
 import torch
 from PIL import Image
+
+import testbed
 from prompt_edits import node_id, shrink, small_input_image
 from snapshots import snapshot, unchanged
-
 from tools.workflow_convert import ui_to_api
 
 REPO = Path(__file__).resolve().parent.parent

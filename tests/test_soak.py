@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 
 import pytest
+
 from prompt_edits import node_id, nodes_of, shrink, small_input_image
 from server_events import ServerEvents
-
 from tools.comfy_env import cache_dir
 from tools.comfy_server import ComfyError, ComfyExecutionError, ComfyServer
 from tools.workflow_convert import ui_to_api
