@@ -39,7 +39,7 @@ VARIANTS = {
 
 SETTINGS = {
     "tiny": {"latent": 16, "steps": 6, "cfg": 5.0, "repeats": 21},
-    "sd15": {"latent": 32, "steps": 4, "cfg": 5.0, "repeats": 5},
+    "sd15": {"latent": 16, "steps": 3, "cfg": 5.0, "repeats": 5},
 }
 
 

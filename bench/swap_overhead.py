@@ -6,7 +6,7 @@
    steps) against a plain run of the same batch of two (same model, seed, sampler, steps, CFG,
    conditioning), interleaved timed runs compared as medians; peak memory of each in a fresh subprocess.
    Models as in bench/sampling_overhead.py: "tiny" (tests/testbed.py) and "sd15" (full SD1.5 UNet shapes,
-   random weights, float32, latent 32x32).
+   random weights, float32, latent 16x16).
 2. One swapped layer at SD1.5's real token grids, 32x32 (1024 tokens, width 640) and 64x64 (4096 tokens,
    width 320), 8 heads, one pair with CFG (4 rows): our fused swap (the attn1 replace the node installs:
    a row copy of q and k, then ComfyUI's optimized attention) against the explicit-map implementation
