@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 from _common import FAMILY_WIDTHS, load_pure, machine, md_table, random_layers, timed  # noqa: E402
+from testbed import principal_angles  # noqa: E402  (bench/_common puts tests/ on sys.path)
 
 eigen = load_pure("eigen")
 
@@ -37,14 +38,6 @@ def reference_f64(ws, kmax):
     c = eigen.attention_gram(*ws)
     values, vectors = torch.linalg.eigh(c)
     return values.flip(0)[:kmax], vectors.flip(1)[:, :kmax].T
-
-
-def principal_angles(a, b):
-    a = a.double() / a.double().norm(dim=-1, keepdim=True)
-    b = b.double() / b.double().norm(dim=-1, keepdim=True)
-    dot = (a * b).sum(-1).abs()
-    perp = (a - (a * b).sum(-1, keepdim=True) * b).norm(dim=-1)
-    return torch.atan2(perp, dot)
 
 
 # ---------------------------------------------------------------------------------------------------
