@@ -4,8 +4,10 @@ full-size ComfyUI models with deterministic random weights."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import platform
+import random
 import statistics
 import subprocess
 import sys
@@ -56,6 +58,44 @@ def timed(fn, repeats: int, warmup: int = 1):
         result = fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times), times, result
+
+
+def interleaved_rounds(run, names: list[str], rounds: int, seed: int = 0) -> dict[str, list[float]]:
+    """name -> seconds of run(name), one entry per round; every round runs each variant once, in a freshly
+    shuffled order, so no variant always runs first or after the same neighbour. Round-aligned lists:
+    times[a][i] and times[b][i] were measured seconds apart, under the same machine conditions."""
+    rng = random.Random(seed)
+    times = {name: [] for name in names}
+    for _ in range(rounds):
+        order = list(names)
+        rng.shuffle(order)
+        for name in order:
+            t0 = time.perf_counter()
+            run(name)
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def paired_ratio(times: dict[str, list[float]], name: str, base: str) -> dict:
+    """Median over rounds of time(name) / time(base) in the same round, with its quartiles: on a shared VM
+    whose speed drifts by tens of percent over minutes, per-round ratios cancel the drift that a ratio of
+    two medians keeps. The quartiles show the resolution of the measurement."""
+    ratios = sorted(t / b for t, b in zip(times[name], times[base]))
+    if len(ratios) < 4:
+        low, high = ratios[0], ratios[-1]
+    else:
+        low, _, high = statistics.quantiles(ratios, n=4)
+    return {"ratio": statistics.median(ratios), "ratio_q1": low, "ratio_q3": high, "ratios": ratios}
+
+
+def run_worker(script: str, argv: list[str]) -> dict:
+    """Run `script --worker *argv` in a fresh Python process (a clean heap for peak-memory measurement) and
+    return the JSON object its last stdout line holds."""
+    proc = subprocess.run([sys.executable, script, "--worker", *argv], capture_output=True, text=True, cwd=REPO,
+                          env=os.environ.copy())
+    if proc.returncode != 0:
+        raise RuntimeError(f"memory worker failed for {' '.join(argv)}:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def machine() -> dict:

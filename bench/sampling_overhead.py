@@ -5,8 +5,9 @@
 Same model, seed, sampler ('euler', 'normal' schedule), steps and CFG for every variant; ComfyUI's own
 sampling path (comfy.sample.sample, as tests/testbed.py's sample()); patched models built by the nodes'
 execute(). Models: "tiny" (tests/testbed.py's tiny SD1.5 UNet) and "sd15" (the full SD1.5 UNet shapes
-from ComfyUI's SD15 config, random weights, float32 on CPU). Timed runs of all variants are
-interleaved (base, v1, v2, ..., base, v1, ...) and compared as medians. Peak memory: each variant runs
+from ComfyUI's SD15 config, random weights, float32 on CPU). Timing runs in rounds, each variant once per
+round in a shuffled order; a variant's ratio is the median of its per-round ratios to base (with
+quartiles), which cancels the machine's drift between rounds. Peak memory: each variant runs
 in a fresh subprocess (warm-up run, then a measured run) that polls malloc's live bytes (glibc
 mallinfo2) every millisecond; the table shows the peak above the level just before sampling.
 """
@@ -15,16 +16,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import REPO, PeakMemory, full_model, machine, md_table  # noqa: E402
+from _common import PeakMemory, full_model, interleaved_rounds, machine, md_table, paired_ratio, run_worker  # noqa: E402
 
 RELATIVE = "relative to token norm"
 ALPHA = 0.2
@@ -38,8 +37,10 @@ VARIANTS = {
 }
 
 SETTINGS = {
-    "tiny": {"latent": 16, "steps": 6, "cfg": 5.0, "repeats": 21},
-    "sd15": {"latent": 16, "steps": 3, "cfg": 5.0, "repeats": 5},
+    "tiny": {"latent": 16, "steps": 6, "cfg": 5.0, "repeats": 41, "share_runs": 5},
+    # 4 steps: with ComfyUI's "normal" schedule the UNet sees t = 999, 666, 333, 0, so one evaluation in
+    # four falls inside the paper window 0.5T-0.8T (with 3 steps, 999/500/0, none would).
+    "sd15": {"latent": 16, "steps": 4, "cfg": 5.0, "repeats": 9, "share_runs": 3},
 }
 
 
@@ -112,19 +113,50 @@ def time_variants(model_name: str, repeats: int | None):
     models = variant_models(model)
     repeats = repeats or SETTINGS[model_name]["repeats"]
     outs = {name: sample_model(model_name, m, pos, neg, latent) for name, m in models.items()}  # warm-up
-    times = {name: [] for name in models}
-    for _ in range(repeats):
-        for name, m in models.items():
-            t0 = time.perf_counter()
-            sample_model(model_name, m, pos, neg, latent)
-            times[name].append(time.perf_counter() - t0)
-    base = statistics.median(times["base"])
-    rows = []
-    for name, ts in times.items():
-        med = statistics.median(ts)
-        rows.append({"variant": name, "median_s": med, "runs_s": ts, "ratio": med / base,
-                     "output_differs": bool(not torch.equal(outs[name], outs["base"]))})
-    return rows
+    times = interleaved_rounds(lambda name: sample_model(model_name, models[name], pos, neg, latent), list(models),
+                               repeats)
+    shares = {name: patch_time_share(model_name, m, pos, neg, latent, SETTINGS[model_name]["share_runs"])
+              for name, m in models.items()}
+    return [{"variant": name, "median_s": statistics.median(ts), "runs_s": ts, **paired_ratio(times, name, "base"),
+             "inside_patch": shares[name], "output_differs": bool(not torch.equal(outs[name], outs["base"]))}
+            for name, ts in times.items()]
+
+
+class _PatchClock:
+    """An attn1_patch wrapper adding the seconds spent in the wrapped patch to a shared total."""
+
+    def __init__(self, patch, total: list[float]):
+        self.patch, self.total = patch, total
+
+    def __call__(self, *args):
+        t0 = time.perf_counter()
+        try:
+            return self.patch(*args)
+        finally:
+            self.total[0] += time.perf_counter() - t0
+
+
+def patch_time_share(model_name: str, model, pos, neg, latent, runs: int) -> dict:
+    """The share of a sampling run spent inside the pack's attn1 patches: every attn1_patch of a clone is
+    wrapped with a clock, and the clocked seconds are divided by the same run's seconds. Both are measured
+    in one run, so the machine's drift between runs, which swamps a 2% ratio of separate runs on a shared
+    VM, cancels out. What it leaves out: effects outside the call (caches, allocator), for which the ratio
+    of whole runs stands."""
+    clocked = model.clone()  # deep-copies model_options: its patch list is its own
+    patches = clocked.model_options["transformer_options"].get("patches", {})
+    total = [0.0]
+    patches["attn1_patch"] = [_PatchClock(p, total) for p in patches.get("attn1_patch", [])]
+    if not patches["attn1_patch"]:
+        return {"share": 0.0, "patch_ms": 0.0}
+    sample_model(model_name, clocked, pos, neg, latent)  # warm-up
+    shares, inside = [], []
+    for _ in range(runs):
+        total[0] = 0.0
+        t0 = time.perf_counter()
+        sample_model(model_name, clocked, pos, neg, latent)
+        shares.append(total[0] / (time.perf_counter() - t0))
+        inside.append(total[0])
+    return {"share": statistics.median(shares), "patch_ms": statistics.median(inside) * 1e3}
 
 
 def worker(model_name: str, variant: str) -> dict:
@@ -141,14 +173,7 @@ def worker(model_name: str, variant: str) -> dict:
 
 
 def memory_variants(model_name: str):
-    rows = []
-    for variant in VARIANTS:
-        proc = subprocess.run([sys.executable, __file__, "--worker", model_name, variant], capture_output=True,
-                              text=True, cwd=REPO, env=os.environ.copy())
-        if proc.returncode != 0:
-            raise RuntimeError(f"memory worker failed for {model_name}/{variant}:\n{proc.stderr[-3000:]}")
-        rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-    return rows
+    return [run_worker(__file__, [model_name, variant]) for variant in VARIANTS]
 
 
 def profile_variant(model_name: str, variant: str, top: int = 25) -> str:
@@ -161,6 +186,10 @@ def profile_variant(model_name: str, variant: str, top: int = 25) -> str:
     with profile(activities=[ProfilerActivity.CPU], with_stack=False) as prof:
         sample_model(model_name, m, pos, neg, latent)
     return prof.key_averages().table(sort_by="cpu_time_total", row_limit=top)
+
+
+def ratio_cell(row: dict) -> str:
+    return f"{row['ratio']:.3f} ({row['ratio_q1']:.3f}-{row['ratio_q3']:.3f})"
 
 
 def main(argv=None):
@@ -192,14 +221,18 @@ def main(argv=None):
         results["models"][model_name] = {"timing": timing, "memory": memory}
         mem = {r["variant"]: r for r in memory}
         print(f"## {model_name}: latent {s['latent']}x{s['latent']}, batch 1, {s['steps']} euler steps, cfg {s['cfg']}, "
-              f"{len(timing[0]['runs_s'])} interleaved runs per variant\n")
+              f"{len(timing[0]['runs_s'])} rounds (each variant once per round, shuffled); ratio: median of "
+              "per-round ratios\n")
         rows = []
         for r in timing:
             mm = mem.get(r["variant"])
-            rows.append([r["variant"], f"{r['median_s'] * 1e3:.1f}", f"{r['ratio']:.3f}",
+            share = r["inside_patch"]
+            rows.append([r["variant"], f"{r['median_s'] * 1e3:.1f}", ratio_cell(r),
+                         f"{share['patch_ms']:.1f} ({share['share'] * 100:.2f}%)" if share["patch_ms"] else "-",
                          "yes" if r["output_differs"] else "no",
                          f"{mm['peak_above_mb']:.1f}" if mm else "-", f"{mm['rss_mb']:.0f}" if mm else "-"])
-        print(md_table(["variant", "median ms", "ratio to base", "output changed", "peak memory of sampling (MB)",
+        print(md_table(["variant", "median ms", "ratio to base (quartiles)", "ms inside the patch (share of run)",
+                        "output changed", "peak memory of sampling (MB)",
                         "process RSS (MB)"], rows))
         print()
     if args.out:

@@ -4,7 +4,8 @@
 
 1. Sampling: one edit run (a source/target pair sampled together, the swap on its default layers and
    steps) against a plain run of the same batch of two (same model, seed, sampler, steps, CFG,
-   conditioning), interleaved timed runs compared as medians; peak memory of each in a fresh subprocess.
+   conditioning), timed in rounds (both once per round, shuffled), the ratio being the median of the
+   per-round ratios; peak memory of each in a fresh subprocess.
    Models as in bench/sampling_overhead.py: "tiny" (tests/testbed.py) and "sd15" (full SD1.5 UNet shapes,
    random weights, float32, latent 16x16).
 2. One swapped layer at SD1.5's real token grids, 32x32 (1024 tokens, width 640) and 64x64 (4096 tokens,
@@ -12,7 +13,7 @@
    a row copy of q and k, then ComfyUI's optimized attention) against the explicit-map implementation
    the reference FPE code uses (every softmax(QK^T) map materialised, the source's maps given to the
    target, multiplied by V; nodes/swap_math.explicit_swapped_attention) and against plain attention
-   without any swap. Time: interleaved medians. Peak memory above the inputs: each variant in a fresh
+   without any swap. Time: medians of shuffled rounds. Peak memory above the inputs: each variant in a fresh
    subprocess, polled (bench/_common.PeakMemory).
 """
 
@@ -20,17 +21,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import REPO, PeakMemory, machine, md_table  # noqa: E402
-from sampling_overhead import SETTINGS, setup_model  # noqa: E402
+from _common import PeakMemory, interleaved_rounds, machine, md_table, paired_ratio, run_worker  # noqa: E402
+from sampling_overhead import SETTINGS, ratio_cell, setup_model  # noqa: E402
 
 GRIDS = {"32x32": (1024, 640), "64x64": (4096, 320)}  # token grid -> (tokens, layer width) on SD1.5
 HEADS = 8
@@ -82,20 +81,58 @@ def time_sampling(model_name: str, repeats: int | None):
     models, pos, neg, samples, batch_index = sampling_setup(model_name)
     repeats = repeats or SETTINGS[model_name]["repeats"]
     outs = {name: _sample_pair(model_name, m, pos, neg, samples, batch_index) for name, m in models.items()}
-    times = {name: [] for name in models}
-    for _ in range(repeats):
-        for name, m in models.items():
-            t0 = time.perf_counter()
-            _sample_pair(model_name, m, pos, neg, samples, batch_index)
-            times[name].append(time.perf_counter() - t0)
-    base = statistics.median(times["plain batch of two"])
+    times = interleaved_rounds(lambda name: _sample_pair(model_name, models[name], pos, neg, samples, batch_index),
+                               list(models), repeats)
     plain, edited = outs["plain batch of two"], outs["edit run (swap)"]
+    share = swap_time_share(model_name, models["edit run (swap)"], pos, neg, samples, batch_index,
+                            SETTINGS[model_name]["share_runs"])
     return [{"variant": name, "median_s": statistics.median(ts), "runs_s": ts,
-             "ratio": statistics.median(ts) / base,
+             **paired_ratio(times, name, "plain batch of two"), "swap_own": share if "swap" in name else None,
              # The swap must change only the target; the source rows stay bit-identical.
              "source_unchanged": bool(torch.equal(edited[0::2], plain[0::2])),
              "target_changed": bool(not torch.equal(edited[1::2], plain[1::2]))}
             for name, ts in times.items()]
+
+
+class _Clock:
+    """Wraps a callable and adds the seconds spent in it to a shared total."""
+
+    def __init__(self, fn, total: list[float]):
+        self.fn, self.total = fn, total
+
+    def __call__(self, *args):
+        t0 = time.perf_counter()
+        try:
+            return self.fn(*args)
+        finally:
+            self.total[0] += time.perf_counter() - t0
+
+
+def swap_time_share(model_name: str, swapped, pos, neg, samples, batch_index, runs: int) -> dict:
+    """The share of an edit run spent in the swap's own work (window check, row pairing, the q/k gather):
+    in a clone, every swap replace is clocked, and so is the attention it calls; the difference, over the
+    same run's seconds. Measured inside one run, so the VM's drift between runs cancels (see
+    sampling_overhead.patch_time_share)."""
+    import testbed
+
+    swap_patch = testbed.pack_module("nodes.swap_patch")
+    clocked = swapped.clone()  # deep-copies model_options: its replace dicts are its own
+    outer, inner = [0.0], [0.0]
+    replaces = clocked.model_options["transformer_options"].get("patches_replace", {}).get("attn1", {})
+    for key, patch in list(replaces.items()):
+        if isinstance(patch, swap_patch.SelfAttentionSwapPatch):
+            attention = patch.inner or swap_patch._optimized_attention
+            replaces[key] = _Clock(swap_patch.SelfAttentionSwapPatch(patch.start, patch.end, patch.edit_chunks,
+                                                                     inner=_Clock(attention, inner)), outer)
+    _sample_pair(model_name, clocked, pos, neg, samples, batch_index)  # warm-up
+    shares, own = [], []
+    for _ in range(runs):
+        outer[0] = inner[0] = 0.0
+        t0 = time.perf_counter()
+        _sample_pair(model_name, clocked, pos, neg, samples, batch_index)
+        shares.append((outer[0] - inner[0]) / (time.perf_counter() - t0))
+        own.append(outer[0] - inner[0])
+    return {"layers": len(replaces), "share": statistics.median(shares), "swap_ms": statistics.median(own) * 1e3}
 
 
 def sampling_worker(model_name: str, variant: str) -> dict:
@@ -158,12 +195,7 @@ def time_layers(repeats: int):
         q, k, v = layer_inputs(grid)
         with torch.no_grad():
             outs = {name: fn(q, k, v) for name, fn in fns.items()}  # warm-up, and the outputs to compare
-            times = {name: [] for name in fns}
-            for _ in range(repeats):
-                for name, fn in fns.items():
-                    t0 = time.perf_counter()
-                    fn(q, k, v)
-                    times[name].append(time.perf_counter() - t0)
+            times = interleaved_rounds(lambda name: fns[name](q, k, v), list(fns), repeats)
         fused = statistics.median(times[FUSED])
         max_diff = max(float((outs[name] - outs[EXPLICIT]).abs().max()) for name in fns if "swap (ours)" in name)
         for name, ts in times.items():
@@ -188,14 +220,6 @@ def layer_worker(grid: str, variant: str) -> dict:
 
 # ---------------------------------------------------------------------------------------------------
 
-def _subprocess(kind: str, a: str, b: str) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--worker", kind, a, b], capture_output=True, text=True,
-                          cwd=REPO, env=os.environ.copy())
-    if proc.returncode != 0:
-        raise RuntimeError(f"memory worker failed for {kind}/{a}/{b}:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", help="write the results as JSON here")
@@ -218,14 +242,17 @@ def main(argv=None):
     for model_name in [x for x in args.models.split(",") if x]:
         s = SETTINGS[model_name]
         timing = time_sampling(model_name, args.repeats)
-        memory = [] if args.no_memory else [_subprocess("sampling", model_name, v) for v in SAMPLING_VARIANTS]
+        memory = [] if args.no_memory else [run_worker(__file__, ["sampling", model_name, v]) for v in SAMPLING_VARIANTS]
         results["sampling"][model_name] = {"timing": timing, "memory": memory}
         mem = {r["variant"]: r for r in memory}
         print(f"## {model_name}: latent {s['latent']}x{s['latent']}, one source/target pair, {s['steps']} euler "
-              f"steps, cfg {s['cfg']}, {len(timing[0]['runs_s'])} interleaved runs per variant\n")
-        print(md_table(["variant", "median ms", "ratio", "source rows unchanged", "target changed",
+              f"steps, cfg {s['cfg']}, {len(timing[0]['runs_s'])} rounds (both variants once per round, shuffled); ratio: "
+              "median of per-round ratios\n")
+        print(md_table(["variant", "median ms", "ratio (quartiles)", "ms in the swap's own work (share of run)",
+                        "source rows unchanged", "target changed",
                         "peak memory of sampling (MB)"],
-                       [[r["variant"], f"{r['median_s'] * 1e3:.1f}", f"{r['ratio']:.3f}", r["source_unchanged"],
+                       [[r["variant"], f"{r['median_s'] * 1e3:.1f}", ratio_cell(r),
+                         f"{r['swap_own']['swap_ms']:.1f} ({r['swap_own']['share'] * 100:.2f}%)" if r["swap_own"] else "-", r["source_unchanged"],
                          r["target_changed"],
                          f"{mem[r['variant']]['peak_above_mb']:.1f}" if r["variant"] in mem else "-"]
                         for r in timing]))
@@ -233,11 +260,11 @@ def main(argv=None):
 
     layer = time_layers(args.layer_repeats)
     results["layer_default_attention"] = default_attention_name()
-    memory = [] if args.no_memory else [_subprocess("layer", g, v) for g in GRIDS for v in LAYER_VARIANTS]
+    memory = [] if args.no_memory else [run_worker(__file__, ["layer", g, v]) for g in GRIDS for v in LAYER_VARIANTS]
     results["layer"] = {"timing": layer, "memory": memory}
     mem = {(r["grid"], r["variant"]): r for r in memory}
     print(f"## One swapped layer, SD1.5 token grids, {HEADS} heads, {ROWS} rows (pair x cond/uncond), float32, "
-          f"{args.layer_repeats} interleaved runs; ComfyUI default attention here: "
+          f"{args.layer_repeats} shuffled rounds; ComfyUI default attention here: "
           f"{results['layer_default_attention']}\n")
     print(md_table(["grid (tokens, width)", "variant", "median ms", "time / fused swap (SDPA)",
                     "peak memory above inputs (MB)", "max |swap - explicit|"],

@@ -39,11 +39,14 @@ def direction_delta(z: torch.Tensor, direction: torch.Tensor, alphas: torch.Tens
     """The perturbation for each row, shape (rows, 1, d), to add to z (rows, tokens, d).
 
     direction: (d,) unit vector; alphas: (rows,) (0 for rows outside the edit)."""
-    n = direction.to(device=z.device, dtype=z.dtype)
-    a = alphas.to(device=z.device, dtype=z.dtype)
+    # Few, whole-tensor ops: this runs on every self-attention call, where on small models the per-op
+    # dispatch cost is comparable to the arithmetic.
+    a = alphas.to(z)
     if relative:
-        a = a * z.float().norm(dim=-1).mean(dim=-1).to(z.dtype)
-    return a[:, None, None] * n[None, None, :]
+        # Token norms accumulated in at least float32 (half-precision sums of squares overflow at 65504).
+        accumulate = torch.promote_types(z.dtype, torch.float32)
+        a = a * torch.linalg.vector_norm(z, dim=-1, dtype=accumulate).mean(dim=-1).to(z.dtype)
+    return torch.outer(a, direction.to(z)).unsqueeze(1)
 
 
 def check_alpha(alpha: float) -> float:

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import torch
 
+from .attention_rows import tiles_per_unet_row
 from .direction_math import alpha_per_row, direction_delta
 
 # transformer_options key under which the wrapper below stores the per-row UNet timesteps.
 TIMESTEPS_KEY = "self_attention_edit.timesteps"
 WRAPPER_KEY = "self_attention_edit.timesteps"
+APPLY_NODE = "Apply Latent Direction"
 
 
 def record_timesteps(executor, x, timesteps, context, y, control, transformer_options, *args, **kwargs):
@@ -92,24 +94,21 @@ class LatentDirectionPatch:
         return alphas
 
     def _compute_active_alphas(self, extra_options, rows: int, device) -> torch.Tensor | None:
-        shape = extra_options.get("original_shape")
-        unet_rows = int(shape[0]) if shape is not None else rows
-        if unet_rows <= 0 or rows % unet_rows:
-            raise ValueError(f"Apply Latent Direction: attention input has {rows} rows for {unet_rows} UNet rows; "
-                             "another node re-batches the tokens in a way the edit cannot follow")
-        tiles = rows // unet_rows
-        t = self._timesteps(extra_options, unet_rows).to(device)
-        if t.shape[0] != unet_rows:
-            raise ValueError(f"timesteps for {t.shape[0]} rows, activations for {unet_rows}")
-        inside = (t > self.t_low) & (t < self.t_high)
-        if not bool(inside.any()):
+        tiles = tiles_per_unet_row(rows, extra_options.get("original_shape"), APPLY_NODE)
+        unet_rows = rows // tiles
+        # The window test runs on host floats: one transfer of a few timesteps, then no small tensor ops
+        # (each costs tens of microseconds in a sampling loop, more than the arithmetic).
+        t = self._timesteps(extra_options, unet_rows).tolist()
+        if len(t) != unet_rows:
+            raise ValueError(f"timesteps for {len(t)} rows, activations for {unet_rows}")
+        if not any(self.t_low < x < self.t_high for x in t):
             return None
         chunks = len(extra_options.get("cond_or_uncond", [0])) or 1
-        alphas = torch.tensor(alpha_per_row(self.alphas, unet_rows, chunks), dtype=torch.float32, device=device)
-        alphas = alphas * inside
-        if not bool((alphas != 0).any()):
+        alphas = [a if self.t_low < x < self.t_high else 0.0
+                  for a, x in zip(alpha_per_row(self.alphas, unet_rows, chunks), t)]
+        if not any(alphas):
             return None
-        return alphas.repeat_interleave(tiles) if tiles > 1 else alphas
+        return torch.tensor([a for a in alphas for _ in range(tiles)], dtype=torch.float32, device=device)
 
     def __call__(self, n, context_attn1, value_attn1, extra_options):
         direction = self.vectors.get(layer_key(extra_options))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from .attention_rows import tiles_per_unet_row
 from .errors import NodeInputError
 from .swap_math import copy_rows, pair_rows, step_window_active
 
@@ -28,13 +29,8 @@ def tiled_pairs(rows: int, extra_options, edit_chunks) -> tuple[list[int], list[
     """(target rows, source rows) of q/k. Another patch may have split each UNet row into `tiles` rows
     before us (HyperTile: "(b nh nw) (h w) c", tiles of one image contiguous): tile j of a target then
     attends with tile j of its source, the same image region, which is the swap done tile by tile."""
-    shape = extra_options.get("original_shape")
-    unet_rows = int(shape[0]) if shape is not None else rows
-    if unet_rows <= 0 or rows % unet_rows:
-        raise ValueError(f"{SWAP_NODE}: attention has {rows} rows for {unet_rows} UNet rows; another node "
-                         "re-batches self-attention tokens in a way the swap cannot pair: remove it or the swap")
-    tiles = rows // unet_rows
-    targets, sources = pair_rows(unet_rows, list(extra_options.get("cond_or_uncond", [0])), edit_chunks)
+    tiles = tiles_per_unet_row(rows, extra_options.get("original_shape"), SWAP_NODE)
+    targets, sources = pair_rows(rows // tiles, list(extra_options.get("cond_or_uncond", [0])), edit_chunks)
     if tiles == 1:
         return targets, sources
     return ([t * tiles + j for t in targets for j in range(tiles)],
