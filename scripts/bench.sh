@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The benchmarks (docs/benchmarks.md): eigendirections, Apply Latent Direction overhead, Self-Attention Swap
 # overhead. Prepares the venv/ComfyUI like the tests, then writes markdown tables to stdout and JSON to
-# bench/results/. Extra arguments go to every benchmark (e.g. --repeats 5). About 25 minutes on 2 cores.
+# bench/results/. Extra arguments go to every benchmark (e.g. --repeats 5). About 40 minutes on 2 cores.
 # Run it on an otherwise idle machine: the benchmarks compare medians of interleaved runs, but a busy
 # machine still adds noise.
 set -euo pipefail
