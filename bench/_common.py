@@ -88,6 +88,21 @@ def paired_ratio(times: dict[str, list[float]], name: str, base: str) -> dict:
     return {"ratio": statistics.median(ratios), "ratio_q1": low, "ratio_q3": high, "ratios": ratios}
 
 
+class Clock:
+    """Wraps a callable (an attention patch, an attention function) and adds the seconds spent in it to a
+    shared one-element total: the benchmarks' way of timing the pack's share of a run from inside it."""
+
+    def __init__(self, fn, total: list[float]):
+        self.fn, self.total = fn, total
+
+    def __call__(self, *args):
+        t0 = time.perf_counter()
+        try:
+            return self.fn(*args)
+        finally:
+            self.total[0] += time.perf_counter() - t0
+
+
 def run_worker(script: str, argv: list[str]) -> dict:
     """Run `script --worker *argv` in a fresh Python process (a clean heap for peak-memory measurement) and
     return the JSON object its last stdout line holds."""

@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import PeakMemory, full_model, interleaved_rounds, machine, md_table, paired_ratio, run_worker  # noqa: E402
+from _common import Clock, PeakMemory, full_model, interleaved_rounds, machine, md_table, paired_ratio, run_worker  # noqa: E402
 
 RELATIVE = "relative to token norm"
 ALPHA = 0.2
@@ -122,20 +122,6 @@ def time_variants(model_name: str, repeats: int | None):
             for name, ts in times.items()]
 
 
-class _PatchClock:
-    """An attn1_patch wrapper adding the seconds spent in the wrapped patch to a shared total."""
-
-    def __init__(self, patch, total: list[float]):
-        self.patch, self.total = patch, total
-
-    def __call__(self, *args):
-        t0 = time.perf_counter()
-        try:
-            return self.patch(*args)
-        finally:
-            self.total[0] += time.perf_counter() - t0
-
-
 def patch_time_share(model_name: str, model, pos, neg, latent, runs: int) -> dict:
     """The share of a sampling run spent inside the pack's attn1 patches: every attn1_patch of a clone is
     wrapped with a clock, and the clocked seconds are divided by the same run's seconds. Both are measured
@@ -145,7 +131,7 @@ def patch_time_share(model_name: str, model, pos, neg, latent, runs: int) -> dic
     clocked = model.clone()  # deep-copies model_options: its patch list is its own
     patches = clocked.model_options["transformer_options"].get("patches", {})
     total = [0.0]
-    patches["attn1_patch"] = [_PatchClock(p, total) for p in patches.get("attn1_patch", [])]
+    patches["attn1_patch"] = [Clock(p, total) for p in patches.get("attn1_patch", [])]
     if not patches["attn1_patch"]:
         return {"share": 0.0, "patch_ms": 0.0}
     sample_model(model_name, clocked, pos, neg, latent)  # warm-up

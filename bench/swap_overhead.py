@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import PeakMemory, interleaved_rounds, machine, md_table, paired_ratio, run_worker  # noqa: E402
+from _common import Clock, PeakMemory, interleaved_rounds, machine, md_table, paired_ratio, run_worker  # noqa: E402
 from sampling_overhead import SETTINGS, ratio_cell, setup_model  # noqa: E402
 
 GRIDS = {"32x32": (1024, 640), "64x64": (4096, 320)}  # token grid -> (tokens, layer width) on SD1.5
@@ -94,20 +94,6 @@ def time_sampling(model_name: str, repeats: int | None):
             for name, ts in times.items()]
 
 
-class _Clock:
-    """Wraps a callable and adds the seconds spent in it to a shared total."""
-
-    def __init__(self, fn, total: list[float]):
-        self.fn, self.total = fn, total
-
-    def __call__(self, *args):
-        t0 = time.perf_counter()
-        try:
-            return self.fn(*args)
-        finally:
-            self.total[0] += time.perf_counter() - t0
-
-
 def swap_time_share(model_name: str, swapped, pos, neg, samples, batch_index, runs: int) -> dict:
     """The share of an edit run spent in the swap's own work (window check, row pairing, the q/k gather):
     in a clone, every swap replace is clocked, and so is the attention it calls; the difference, over the
@@ -122,8 +108,8 @@ def swap_time_share(model_name: str, swapped, pos, neg, samples, batch_index, ru
     for key, patch in list(replaces.items()):
         if isinstance(patch, swap_patch.SelfAttentionSwapPatch):
             attention = patch.inner or swap_patch._optimized_attention
-            replaces[key] = _Clock(swap_patch.SelfAttentionSwapPatch(patch.start, patch.end, patch.edit_chunks,
-                                                                     inner=_Clock(attention, inner)), outer)
+            replaces[key] = Clock(swap_patch.SelfAttentionSwapPatch(patch.start, patch.end, patch.edit_chunks,
+                                                                     inner=Clock(attention, inner)), outer)
     _sample_pair(model_name, clocked, pos, neg, samples, batch_index)  # warm-up
     shares, own = [], []
     for _ in range(runs):
