@@ -3,7 +3,6 @@ full-size ComfyUI models with deterministic random weights."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import platform
@@ -30,12 +29,10 @@ FAMILY_WIDTHS = {
 
 
 def load_pure(name: str):
-    """A pure module of the pack (nodes/<name>.py) without ComfyUI, as tests/test_eigen.py loads it."""
-    spec = importlib.util.spec_from_file_location(f"sae_bench_{name}", REPO / "nodes" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    """A pure module of the pack without ComfyUI, as the tests load it (tests/testbed.load_pure)."""
+    import testbed
+
+    return testbed.load_pure(name)
 
 
 def random_layers(family: str, seed: int = 0):

@@ -1,26 +1,12 @@
 """Pure per-call math of the attention patches (no ComfyUI needed): row tiling and the direction delta."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+import testbed
 
-
-def _load_pure(name):
-    """Import a pure module of the pack without ComfyUI (proves it needs none)."""
-    spec = importlib.util.spec_from_file_location(f"sae_pure_rows_{name}", REPO / "nodes" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-attention_rows = _load_pure("attention_rows")
-direction_math = _load_pure("direction_math")
+attention_rows = testbed.load_pure("attention_rows")
+direction_math = testbed.load_pure("direction_math")
 
 
 @pytest.mark.parametrize(("rows", "unet_rows", "tiles"), [(4, 4, 1), (16, 4, 4), (6, 2, 3)])

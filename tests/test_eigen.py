@@ -1,27 +1,11 @@
 """Pure math of the eigen-directions (no ComfyUI): exactness, ordering, sign convention, optimality."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 import testbed
 
-REPO = Path(__file__).resolve().parent.parent
-
-
-def _load_pure(name):
-    """Import a pure module of the pack without ComfyUI (proves it needs none)."""
-    spec = importlib.util.spec_from_file_location(f"sae_pure_{name}", REPO / "nodes" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-eigen = _load_pure("eigen")
+eigen = testbed.load_pure("eigen")
 
 
 def random_layer(d, inner=None, seed=0, dtype=torch.float16):

@@ -2,30 +2,15 @@
 accuracy per direction and eigenvalue, the output contract, and every hand-over of the method chain
 (shift-invert -> dense-f32 -> float64 reference). Correctness only: timings live in bench/."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 import testbed
 
-REPO = Path(__file__).resolve().parent.parent
-
 ANGLE = 1e-4  # radians, per direction
 VALUE_RTOL = 1e-5
 
-
-def _load_pure(name):
-    spec = importlib.util.spec_from_file_location(f"sae_pure_speed_{name}", REPO / "nodes" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-eigen = _load_pure("eigen")
+eigen = testbed.load_pure("eigen")
 
 
 def random_layer(d, seed):

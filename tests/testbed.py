@@ -12,6 +12,22 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
+def load_pure(name: str):
+    """A pure module of the pack (nodes/<name>.py) imported by file, outside the package: a relative import
+    of the ComfyUI-facing modules would fail, so a test using it shows the module needs no ComfyUI.
+    One instance per module, shared by the tests and benchmarks that ask."""
+    import importlib.util
+
+    module_name = f"sae_pure_{name}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, REPO / "nodes" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def import_comfyui() -> Path:
     """Put ComfyUI on sys.path and force CPU mode before comfy.model_management is imported."""
     path = os.environ.get("COMFYUI_PATH")
