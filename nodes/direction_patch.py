@@ -56,9 +56,10 @@ class LatentDirectionPatch:
         # Used only if the timestep wrapper did not run (another pack calling the UNet by hand).
         self.fallback_timestep = fallback_timestep
         # Cache of the last active_alphas() result: every layer of one UNet call asks for the same
-        # alphas (same timesteps tensor, rows, chunks, device); computing them costs ~10 small tensor ops
-        # and two host syncs. Keyed by the identity of that call's timesteps (or sigmas) tensor, which the
-        # cache holds (so the identity cannot be reused by a later tensor). One tuple, replaced atomically.
+        # alphas (same timesteps tensor, rows, chunks, device); computing them costs a host read of the
+        # timesteps (a device sync on a GPU) and a new tensor. Keyed by the identity of that call's
+        # timesteps (or sigmas) tensor, which the cache holds (so the identity cannot be reused by a later
+        # tensor). One tuple, replaced atomically.
         self._last_alphas = None
 
     def __deepcopy__(self, memo):
@@ -89,11 +90,11 @@ class LatentDirectionPatch:
         last = self._last_alphas
         if last is not None and last[0] is source and last[1] == rows and last[2] == chunks and last[3] == device:
             return last[4]
-        alphas = self._compute_active_alphas(extra_options, rows, device)
+        alphas = self._compute_active_alphas(extra_options, rows, chunks, device)
         self._last_alphas = (source, rows, chunks, device, alphas)
         return alphas
 
-    def _compute_active_alphas(self, extra_options, rows: int, device) -> torch.Tensor | None:
+    def _compute_active_alphas(self, extra_options, rows: int, chunks: int, device) -> torch.Tensor | None:
         tiles = tiles_per_unet_row(rows, extra_options.get("original_shape"), APPLY_NODE)
         unet_rows = rows // tiles
         # The window test runs on host floats: one transfer of a few timesteps, then no small tensor ops
@@ -101,11 +102,11 @@ class LatentDirectionPatch:
         t = self._timesteps(extra_options, unet_rows).tolist()
         if len(t) != unet_rows:
             raise ValueError(f"timesteps for {len(t)} rows, activations for {unet_rows}")
-        if not any(self.t_low < x < self.t_high for x in t):
+        inside = [self.t_low < x < self.t_high for x in t]
+        if not any(inside):
             return None
-        chunks = len(extra_options.get("cond_or_uncond", [0])) or 1
-        alphas = [a if self.t_low < x < self.t_high else 0.0
-                  for a, x in zip(alpha_per_row(self.alphas, unet_rows, chunks), t)]
+        per_row = alpha_per_row(self.alphas, unet_rows, chunks)
+        alphas = [a if row_inside else 0.0 for a, row_inside in zip(per_row, inside)]
         if not any(alphas):
             return None
         return torch.tensor([a for a in alphas for _ in range(tiles)], dtype=torch.float32, device=device)
