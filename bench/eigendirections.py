@@ -30,17 +30,6 @@ eigen = load_pure("eigen")
 
 
 # ---------------------------------------------------------------------------------------------------
-# Reference and accuracy
-
-def reference_f64(ws, kmax):
-    """The straightforward method (what eigen.reference_eigenpairs does), keeping float64 results:
-    C = S^T S in float64, full eigh. Returns (values (kmax,), vectors (kmax, d)) float64."""
-    c = eigen.attention_gram(*ws)
-    values, vectors = torch.linalg.eigh(c)
-    return values.flip(0)[:kmax], vectors.flip(1)[:, :kmax].T
-
-
-# ---------------------------------------------------------------------------------------------------
 # Flop model (for the achieved fraction of the measured matmul throughput). Counts multiply-adds as 2.
 
 def _gram_flops(d, rows):
@@ -105,7 +94,7 @@ def gemm_throughput(repeats):
 def bench_family(family, ks, repeats):
     layers = random_layers(family)
     kmax = max(ks)
-    ref_med, ref_times, ref = timed(lambda: [reference_f64(ws, kmax) for ws in layers], repeats, warmup=0)
+    ref_med, ref_times, ref = timed(lambda: [eigen.reference_eigenpairs_f64(*ws, kmax) for ws in layers], repeats, warmup=0)
     out = {"family": family, "layers": len(layers), "reference_s": ref_med, "reference_runs_s": ref_times,
            "reference_model_gflop": sum(reference_flops(ws[0].shape[1]) for ws in layers) / 1e9, "k": {}}
     for k in ks:

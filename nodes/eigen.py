@@ -116,14 +116,18 @@ def _finish(values: torch.Tensor, vectors: torch.Tensor):
     return values.to(torch.float32), canonical_sign(vectors).to(torch.float32)
 
 
-def reference_eigenpairs(wq: torch.Tensor, wk: torch.Tensor, wv: torch.Tensor, k: int):
-    """The float64 reference: C formed in float64 and a full eigh. Same contract as top_eigenpairs."""
+def reference_eigenpairs_f64(wq: torch.Tensor, wk: torch.Tensor, wv: torch.Tensor, k: int):
+    """The float64 reference before the output contract: C formed in float64 and a full eigh; (k,)
+    descending values and (k, d) rows, float64, with eigh's signs. Accuracy checks compare against this."""
     c = attention_gram(wq, wk, wv)
     k = min(int(k), c.shape[0])
     values, vectors = torch.linalg.eigh(c)  # ascending
-    values = values.flip(0)[:k]
-    vectors = vectors.flip(1)[:, :k].T.contiguous()
-    return _finish(values, vectors)
+    return values.flip(0)[:k], vectors.flip(1)[:, :k].T.contiguous()
+
+
+def reference_eigenpairs(wq: torch.Tensor, wk: torch.Tensor, wv: torch.Tensor, k: int):
+    """The float64 reference with the same contract as top_eigenpairs (float32, signs fixed)."""
+    return _finish(*reference_eigenpairs_f64(wq, wk, wv, k))
 
 
 def top_eigenpairs(wq: torch.Tensor, wk: torch.Tensor, wv: torch.Tensor, k: int):
