@@ -6,6 +6,7 @@ from comfy_api.latest import ComfyExtension, io
 
 from .node_apply import ApplyLatentDirection
 from .node_batch import BATCH_NODES
+from .node_demo_model import DEMO_MODEL_NODES
 from .node_directions import (
     ComputeAttentionEigendirections,
     LoadAttentionDirections,
@@ -21,6 +22,7 @@ NODES: list[type[io.ComfyNode]] = [
     LoadAttentionDirections,
     *SWAP_NODES,
     *BATCH_NODES,
+    *DEMO_MODEL_NODES,
 ]
 
 

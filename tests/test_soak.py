@@ -18,10 +18,12 @@ from pathlib import Path
 
 import pytest
 
+from conftest_server import STANDIN_NAME
 from prompt_edits import node_id, nodes_of, shrink, small_input_image
 from server_events import ServerEvents
 from tools.comfy_env import cache_dir
 from tools.comfy_server import ComfyError, ComfyExecutionError, ComfyServer
+from tools.run_examples import use_checkpoint
 from tools.workflow_convert import ui_to_api
 
 log = logging.getLogger("soak")
@@ -62,13 +64,13 @@ def bad_prompt(apis: dict, kind: str, seed: int) -> tuple[dict, str, str]:
     raise ValueError(kind)
 
 
-def eigen_interrupt_prompt(apis: dict, top_k: int) -> dict:
-    """Checkpoint -> Compute Attention Eigendirections (all layers, a top_k not computed before, so the
-    eigen cache cannot answer) -> Save Attention Directions."""
-    api = shrink(apis["single_direction_edit"], 0)
-    ckpt = node_id(api, "CheckpointLoaderSimple")
+def eigen_interrupt_prompt(top_k: int) -> dict:
+    """Stand-in checkpoint -> Compute Attention Eigendirections (all layers, a top_k not computed before, so
+    the eigen cache cannot answer) -> Save Attention Directions. The stand-in has SD1.5's full widths: its
+    eigendirections take long enough to be interrupted (the demo model's take milliseconds)."""
+    ckpt = "1"
     return {
-        ckpt: api[ckpt],
+        ckpt: {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": STANDIN_NAME}},
         "100": {"class_type": "SAEdit_ComputeEigendirections",
                 "inputs": {"model": [ckpt, 0], "layers": "all", "top_k": top_k, "custom_layers": ""}},
         "101": {"class_type": "SAEdit_SaveDirections",
@@ -136,10 +138,11 @@ def test_soak_one_server_many_prompts(soak_server, object_info):
                 entry = server.run(shrink(apis[name], seed), timeout=600)
                 assert len(server.output_files(entry)) == wf["extra"]["sae_expected"]["images"], name
             elif what == "interrupt" and name == "eigen":
-                api = eigen_interrupt_prompt(apis, top_k=16 + i)
+                api = eigen_interrupt_prompt(top_k=16 + i)
                 run_interrupted(server, events, api, {"100"}, "SAEdit_ComputeEigendirections")
             elif what == "interrupt":
                 api = shrink(apis["single_direction_edit"], seed, steps=4)
+                use_checkpoint(api, STANDIN_NAME)  # full-size steps: the interrupt lands mid-sampling
                 samplers = {k for k, n in api.items() if n["class_type"] == "KSampler"}
                 run_interrupted(server, events, api, samplers, "KSampler")
             else:

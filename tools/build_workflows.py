@@ -13,11 +13,16 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO))
 
 SEED_WIDGETS = {"seed", "noise_seed"}
-CHECKPOINT = "sae-standin-sd15.safetensors"
-SIZE = 128  # small images keep CPU runs short; use 512 with a real SD1.5 checkpoint
-STEPS = 8
+# Every workflow starts from the shapes-world demo model the pack ships (real edits on any machine, in
+# seconds on a CPU); swap its loader for Load Checkpoint (and the prompts) to edit with your own model.
+DEMO_LOADER = "SAEdit_LoadShapesDemoModel"
+DEMO_CHECKPOINT = "shapes-world demo (embedded)"
+SIZE = 64  # the demo model's image size; use 512 with an SD1.5 checkpoint, 1024 with SDXL
+STEPS = 20
+CFG = 5.0
 
 
 class Graph:
@@ -105,14 +110,14 @@ def node_defs():
 
 
 def base(g):
-    ckpt = g.add("CheckpointLoaderSimple", ckpt_name=CHECKPOINT)
-    neg = g.add("CLIPTextEncode", clip=g.out(ckpt, 1), text="blurry, low quality")
+    ckpt = g.add(DEMO_LOADER, checkpoint=DEMO_CHECKPOINT)
+    neg = g.add("CLIPTextEncode", clip=g.out(ckpt, 1), text="")  # the demo model's unconditional caption
     return ckpt, neg
 
 
 def direction_explorer(g):
     ckpt, neg = base(g)
-    pos = g.add("CLIPTextEncode", clip=g.out(ckpt, 1), text="portrait photo of a person, studio light")
+    pos = g.add("CLIPTextEncode", clip=g.out(ckpt, 1), text="a red circle on a gray background")
     dirs = g.add("SAEdit_ComputeEigendirections", model=g.out(ckpt), layers="middle block", top_k=8)
     lat = g.add("SAEdit_RepeatLatentSameNoise", latent=g.out(g.add("EmptyLatentImage", width=SIZE, height=SIZE, batch_size=1)), amount=5)
     images = None
@@ -120,7 +125,7 @@ def direction_explorer(g):
         m = g.add("SAEdit_ApplyLatentDirection", model=g.out(ckpt), directions=g.out(dirs), index=index,
                   alpha_sweep="-0.4, -0.2, 0, 0.2, 0.4")
         s = g.add("KSampler", model=g.out(m), positive=g.out(pos), negative=g.out(neg), latent_image=g.out(lat),
-                  seed=42, steps=STEPS, cfg=7.0, sampler_name="euler", scheduler="normal")
+                  seed=42, steps=STEPS, cfg=CFG, sampler_name="euler", scheduler="normal")
         img = g.add("VAEDecode", samples=g.out(s), vae=g.out(ckpt, 2))
         images = img if images is None else g.add("ImageBatch", image1=g.out(images), image2=g.out(img))
     grid = g.add("SAEdit_ImageGrid", images=g.out(images), columns=5)
@@ -134,14 +139,14 @@ def grid_size(cols, rows, gap=4):
 
 def single_direction_edit(g):
     ckpt, neg = base(g)
-    pos = g.add("CLIPTextEncode", clip=g.out(ckpt, 1), text="a red car parked on a street")
+    pos = g.add("CLIPTextEncode", clip=g.out(ckpt, 1), text="a blue square on a white background")
     dirs = g.add("SAEdit_ComputeEigendirections", model=g.out(ckpt), layers="middle block", top_k=4)
     m = g.add("SAEdit_ApplyLatentDirection", model=g.out(ckpt), directions=g.out(dirs), index=0, alpha=0.3)
     lat = g.add("EmptyLatentImage", width=SIZE, height=SIZE, batch_size=1)
     images = []
     for model in (g.out(ckpt), g.out(m)):
         s = g.add("KSampler", model=model, positive=g.out(pos), negative=g.out(neg), latent_image=g.out(lat),
-                  seed=7, steps=STEPS, cfg=7.0, sampler_name="euler", scheduler="normal")
+                  seed=7, steps=STEPS, cfg=CFG, sampler_name="euler", scheduler="normal")
         images.append(g.add("VAEDecode", samples=g.out(s), vae=g.out(ckpt, 2)))
     both = g.add("ImageBatch", image1=g.out(images[0]), image2=g.out(images[1]))
     g.add("SaveImage", images=g.out(both), filename_prefix="sae/single_direction_edit")
@@ -154,12 +159,12 @@ def _pairs_sampling(g, ckpt, neg, model, src_text, tgt_text, latent, prefix, adv
     cond = g.add("SAEdit_PairConditioning", source=g.out(src), target=g.out(tgt))
     pairs = g.add("SAEdit_MakePairs", latent=latent)
     if advanced:
-        s = g.add("KSamplerAdvanced", model=model, add_noise="disable", noise_seed=0, steps=STEPS, cfg=7.0,
+        s = g.add("KSamplerAdvanced", model=model, add_noise="disable", noise_seed=0, steps=STEPS, cfg=CFG,
                   sampler_name="euler", scheduler="normal", positive=g.out(cond), negative=g.out(neg),
                   latent_image=g.out(pairs), start_at_step=0, end_at_step=10000, return_with_leftover_noise="disable")
     else:
         s = g.add("KSampler", model=model, positive=g.out(cond), negative=g.out(neg), latent_image=g.out(pairs),
-                  seed=3, steps=STEPS, cfg=7.0, sampler_name="euler", scheduler="normal")
+                  seed=3, steps=STEPS, cfg=CFG, sampler_name="euler", scheduler="normal")
     img = g.add("VAEDecode", samples=g.out(s), vae=g.out(ckpt, 2))
     split = g.add("SAEdit_SplitPairs", images=g.out(img))
     g.add("SaveImage", images=g.out(split, 0), filename_prefix=f"sae/{prefix}_source")
@@ -170,7 +175,7 @@ def prompt_edit_swap(g):
     ckpt, neg = base(g)
     swap = g.add("SAEdit_SelfAttentionSwap", model=g.out(ckpt))
     lat = g.add("EmptyLatentImage", width=SIZE, height=SIZE, batch_size=1)
-    _pairs_sampling(g, ckpt, neg, g.out(swap), "a photo of a cat sitting on a sofa", "a photo of a dog sitting on a sofa",
+    _pairs_sampling(g, ckpt, neg, g.out(swap), "a red circle on a white background", "a blue circle on a white background",
                     g.out(lat), "prompt_edit")
     return 2, ((SIZE, SIZE),)
 
@@ -179,11 +184,13 @@ def real_image_edit(g):
     ckpt, neg = base(g)
     image = g.add("LoadImage", image="sae_example.png")
     enc = g.add("VAEEncode", pixels=g.out(image), vae=g.out(ckpt, 2))
-    empty = g.add("CLIPTextEncode", clip=g.out(ckpt, 1), text="")
-    inv = g.add("SAEdit_InvertLatent", model=g.out(ckpt), positive=g.out(empty), latent=g.out(enc), steps=STEPS,
+    # The input is a procedural shapes-world picture (tools/assets/sae_example.png), not a generation.
+    source = "a green triangle on a gray background"
+    caption = g.add("CLIPTextEncode", clip=g.out(ckpt, 1), text=source)
+    inv = g.add("SAEdit_InvertLatent", model=g.out(ckpt), positive=g.out(caption), latent=g.out(enc), steps=STEPS,
                 scheduler="normal")
     swap = g.add("SAEdit_SelfAttentionSwap", model=g.out(ckpt), inversion=g.out(inv, 1))
-    _pairs_sampling(g, ckpt, neg, g.out(swap), "", "a watercolor painting of a house with a red roof",
+    _pairs_sampling(g, ckpt, neg, g.out(swap), source, "a green triangle on a black background",
                     g.out(inv, 0), "real_image_edit", advanced=True)
     return 2, ((SIZE, SIZE),)
 
@@ -195,7 +202,7 @@ def direction_with_swap(g):
                  alpha_sweep="0, 0.4")
     swap = g.add("SAEdit_SelfAttentionSwap", model=g.out(edit))
     lat = g.add("EmptyLatentImage", width=SIZE, height=SIZE, batch_size=1)
-    text = "portrait photo of a person, studio light"
+    text = "a yellow cross on a black background"
     _pairs_sampling(g, ckpt, neg, g.out(swap), text, text, g.out(lat), "direction_with_swap")
     return 2, ((SIZE, SIZE),)
 
@@ -209,10 +216,26 @@ WORKFLOWS = {
 }
 
 
+EXAMPLE_IMAGE = REPO / "tools" / "assets" / "sae_example.png"
+# The real-image edit's input: a procedural shapes-world picture (the generator's, not the model's).
+EXAMPLE_SCENE = {"seed": 2026, "index": 0, "factors": ("green", "triangle", "gray")}
+
+
+def write_example_image(path: Path = EXAMPLE_IMAGE) -> None:
+    from PIL import Image
+
+    from tools.comfy_env import load_pack_module
+
+    world = load_pack_module("shapes_world")
+    scene = world.sample_scene(EXAMPLE_SCENE["seed"], EXAMPLE_SCENE["index"], SIZE, EXAMPLE_SCENE["factors"])
+    Image.fromarray(world.render(scene, SIZE)).save(path)
+
+
 def build(out_dir: Path = REPO / "example_workflows") -> dict:
     """Write every workflow; the expected outputs (total image count, image size at the default size)
     go into each file's extra.sae_expected for the runner and the tests."""
     defs = node_defs()
+    write_example_image()
     expected = {}
     out_dir.mkdir(exist_ok=True)
     for name, (fn, title) in WORKFLOWS.items():

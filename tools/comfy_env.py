@@ -36,3 +36,22 @@ def import_comfyui(path: str | os.PathLike | None = None) -> Path:
 
     comfy.cli_args.args.cpu = True
     return root
+
+
+def load_pack_module(name: str):
+    """A module of the pack's nodes/ folder imported by file, as `sae_pack_<name>`.
+
+    ComfyUI's own top-level `nodes` module shadows the pack's `nodes` package once ComfyUI is on sys.path,
+    so tools load the pack's self-contained modules (pure math, the demo model) by file. Modules that
+    import ComfyUI need import_comfyui() first."""
+    import importlib.util
+
+    module_name = f"sae_pack_{name}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    path = Path(__file__).resolve().parent.parent / "nodes" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    return module

@@ -1,11 +1,13 @@
 """The main job: run every example workflow through a real headless ComfyUI server (CPU, loopback only)
 with this pack installed as a custom node, and write the images and a summary to an output folder.
 
-    scripts/run-examples.sh [--out DIR] [--checkpoint FILE.safetensors] [--only NAME ...]
+    scripts/run-examples.sh [--out DIR] [--checkpoint FILE.safetensors | --standin] [--only NAME ...]
 
-Default model: a stand-in with SD1.5's real layer shapes and random weights (generated once into the
-cache): pictures look like noise, but every node runs exactly as with a real checkpoint. Give a real
-SD1.5 checkpoint with --checkpoint for real edits; COMFYUI_PATH selects another ComfyUI installation.
+Default model: the shapes-world demo model shipped in models/ (an SD1.x-architecture model trained here on
+pictures of one coloured shape: tools/train_shapes.py, docs/shapes-model.md), so the edits are real on any
+machine. --checkpoint FILE runs the same graphs on an SD1.x checkpoint of yours; --standin on a stand-in with
+SD1.5's real layer shapes and random weights (noise pictures, full-size timings); COMFYUI_PATH selects
+another ComfyUI installation.
 """
 
 from __future__ import annotations
@@ -33,29 +35,40 @@ def workflow_files(only=None) -> list[Path]:
     return [f for f in files if not only or f.stem in only]
 
 
+DEMO_LOADER = "SAEdit_LoadShapesDemoModel"
+
+
 def use_checkpoint(api_prompt: dict, name: str) -> None:
+    """Load `name` with Load Checkpoint wherever the prompt loads the demo model (same outputs: MODEL, CLIP,
+    VAE) or another checkpoint."""
     for node in api_prompt.values():
-        if node["class_type"] == "CheckpointLoaderSimple":
-            node["inputs"]["ckpt_name"] = name
+        if node["class_type"] in (DEMO_LOADER, "CheckpointLoaderSimple"):
+            node["class_type"] = "CheckpointLoaderSimple"
+            node["inputs"] = {"ckpt_name": name}
 
 
-def run(out_dir: Path, checkpoint: Path | None = None, only=None, timeout: float = 1800) -> dict:
-    if checkpoint is None:
+def run(out_dir: Path, checkpoint: Path | None = None, only=None, timeout: float = 1800,
+        standin: bool = False) -> dict:
+    """Every example workflow on the embedded demo model (default), on `checkpoint`, or on the stand-in."""
+    if standin:
         checkpoint = standin_checkpoint.ensure_standin_checkpoint()
-    checkpoint = Path(checkpoint).resolve()
     models = out_dir / ".models"
     (models / "checkpoints").mkdir(parents=True, exist_ok=True)
-    link = models / "checkpoints" / checkpoint.name
-    if not link.exists():
-        link.symlink_to(checkpoint)
-    summary = {"checkpoint": checkpoint.name, "workflows": {}}
+    if checkpoint is not None:
+        checkpoint = Path(checkpoint).resolve()
+        link = models / "checkpoints" / checkpoint.name
+        if not link.exists():
+            link.symlink_to(checkpoint)
+    model_name = checkpoint.name if checkpoint else "shapes-world demo model (embedded)"
+    summary = {"checkpoint": model_name, "workflows": {}}
     with ComfyServer(custom_node_dirs={"self-attention-edit": REPO}, models_dir=models, output_dir=out_dir) as server:
         shutil.copy(EXAMPLE_IMAGE, server.tmp / "base" / "input" / EXAMPLE_IMAGE.name)
         info = server.object_info()
         for path in workflow_files(only):
             workflow = json.loads(path.read_text())
             prompt = ui_to_api(workflow, info)
-            use_checkpoint(prompt, checkpoint.name)
+            if checkpoint is not None:
+                use_checkpoint(prompt, checkpoint.name)
             start = time.perf_counter()
             entry = server.run(prompt, timeout=timeout)
             files = [str(p.relative_to(out_dir)) for p in server.output_files(entry)]
@@ -67,7 +80,7 @@ def run(out_dir: Path, checkpoint: Path | None = None, only=None, timeout: float
             sys.stderr.write(f"[examples] {path.stem}: {len(files)} image(s) in "
                              f"{summary['workflows'][path.stem]['seconds']} s\n")
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    lines = [f"# Example workflows ({checkpoint.name})", "", "| workflow | seconds | images |", "|---|---|---|"]
+    lines = [f"# Example workflows ({model_name})", "", "| workflow | seconds | images |", "|---|---|---|"]
     for name, s in summary["workflows"].items():
         lines.append(f"| {name} | {s['seconds']} | {', '.join(s['images'])} |")
     (out_dir / "summary.md").write_text("\n".join(lines) + "\n")
@@ -78,11 +91,15 @@ def run(out_dir: Path, checkpoint: Path | None = None, only=None, timeout: float
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=REPO / "output", help="output folder (default: ./output)")
-    ap.add_argument("--checkpoint", type=Path, help="a real SD1.5 .safetensors checkpoint (default: stand-in)")
+    ap.add_argument("--checkpoint", type=Path,
+                    help="an SD1.x .safetensors checkpoint to use instead of the embedded demo model (the prompts "
+                         "stay the demo world's)")
+    ap.add_argument("--standin", action="store_true",
+                    help="use the stand-in (SD1.5 layer shapes, random weights: noise pictures, full-size speed)")
     ap.add_argument("--only", nargs="*", help="workflow names (file stems) to run")
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    summary = run(args.out.resolve(), args.checkpoint, args.only)
+    summary = run(args.out.resolve(), args.checkpoint, args.only, standin=args.standin)
     sys.stderr.write(f"[examples] wrote {sum(len(s['images']) for s in summary['workflows'].values())} images and "
                      f"summary.md to {args.out}\n")
     return 0
