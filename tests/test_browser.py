@@ -199,11 +199,16 @@ CHART_STATE = """(id) => {
 }"""
 
 
+# Self-attention layers of the demo model the example workflows load: 3 input blocks, the middle block and
+# 6 output blocks (nodes/demo_model.py DEFAULT_ARCHITECTURE).
+DEMO_LAYERS = 10
+
+
 def test_queued_from_the_front_end_it_runs_and_draws_the_spectrum(ui, comfy_server, tmp_path):
-    """single_direction_edit with the eigendirections set to all 16 layers, k=6 (values nobody computed
-    before on this server, so it really runs), queued with app.queuePrompt like the Run button: the prompt
-    succeeds with the promised images, the node shows a 16-layer chart with k=6 in colour on its canvas, the
-    chart is no widget value, and it comes back when the saved workflow is loaded again."""
+    """single_direction_edit with the eigendirections set to all layers of the demo model, k=6 (values nobody
+    computed before on this server, so it really runs), queued with app.queuePrompt like the Run button: the
+    prompt succeeds with the promised images, the node shows a chart of every layer with k=6 in colour on its
+    canvas, the chart is no widget value, and it comes back when the saved workflow is loaded again."""
     wf = json.loads(RUN_WORKFLOW.read_text())
     ui.page.evaluate(LOAD_AND_CHECK, [RUN_WORKFLOW.name, wf])
     compute = next(n["id"] for n in wf["nodes"] if n["type"] == "SAEdit_ComputeEigendirections")
@@ -226,7 +231,7 @@ def test_queued_from_the_front_end_it_runs_and_draws_the_spectrum(ui, comfy_serv
     entry = comfy_server.wait(prompt_id, timeout=60)
     assert len(comfy_server.output_files(entry)) == wf["extra"]["sae_expected"]["images"]
     spectrum = entry["outputs"][str(compute)]["sae_spectrum"][0]
-    assert spectrum["k"] == 6 and len(spectrum["layers"]) == 16
+    assert spectrum["k"] == 6 and len(spectrum["layers"]) == DEMO_LAYERS
 
     ui.page.evaluate("""(id) => {  // bring the node into view at 100 % for the screenshot
         const node = app.graph.getNodeById(id);
@@ -237,10 +242,10 @@ def test_queued_from_the_front_end_it_runs_and_draws_the_spectrum(ui, comfy_serv
     ui.page.wait_for_timeout(500)
     state = ui.page.evaluate(f"(id) => ({CHART_STATE})(id)", compute)
     assert state is not None, "no spectrum chart widget on the node"
-    assert state["drawn"] == "16"
-    assert "16 layers" in state["caption"] and "k=6" in state["caption"]
+    assert state["drawn"] == str(DEMO_LAYERS)
+    assert f"{DEMO_LAYERS} layers" in state["caption"] and "k=6" in state["caption"]
     assert state["colored"] > 500, state  # lines in the level colours were drawn, not an empty box
-    assert state["saved"] == {"k": 6, "layers": 16}
+    assert state["saved"] == {"k": 6, "layers": DEMO_LAYERS}
     assert state["widgets_values"] == ["all", 6, ""]  # the chart adds no widget value
     screenshot(ui.page, "browser-spectrum.png", tmp_path)
 
@@ -248,7 +253,8 @@ def test_queued_from_the_front_end_it_runs_and_draws_the_spectrum(ui, comfy_serv
     ui.page.evaluate("(wf) => app.loadGraphData(wf, true, false, 'reloaded')", saved)
     ui.page.wait_for_timeout(300)
     restored = ui.page.evaluate(f"(id) => ({CHART_STATE})(id)", compute)
-    assert restored is not None and restored["drawn"] == "16" and restored["saved"] == {"k": 6, "layers": 16}
+    assert restored is not None and restored["drawn"] == str(DEMO_LAYERS)
+    assert restored["saved"] == {"k": 6, "layers": DEMO_LAYERS}
     assert ui.take_errors() == []
 
 

@@ -25,6 +25,7 @@ import copy
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -46,7 +47,7 @@ MIN_SNR_GAMMA = 5.0
 LATENT_POOL = 32768  # encoded training images the UNet samples from (encoding runs ~100 images/s here)
 
 DEFAULTS = {  # stage: (steps, batch, learning rate, warm-up steps)
-    "vae": (1200, 8, 1e-3, 100),
+    "vae": (1800, 8, 1e-3, 100),
     "unet": (20000, 64, 5e-4, 250),
     "decoder": (3000, 8, 5e-4, 50),
 }
@@ -168,8 +169,18 @@ class Stage:
                                     "lr": lr, "wall_s": round(self.wall, 1)}) + "\n")
 
     def run(self, steps: int, batch_loss) -> None:
+        """Train until `steps`; SIGTERM or SIGINT ends the run after the current step, checkpointed."""
+        stop = []
+        previous = {sig: signal.signal(sig, lambda *_: stop.append(True)) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            self._run(steps, batch_loss, stop)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _run(self, steps: int, batch_loss, stop: list) -> None:
         last_save = time.perf_counter()
-        while self.step < steps:
+        while self.step < steps and not stop:
             t0 = time.perf_counter()
             loss = batch_loss(self.step)
             self.update(loss, t0)
@@ -363,8 +374,45 @@ def _stage_summary(run_dir: Path, stage: str) -> dict:
             "final_loss_mean_last_200": float(np.mean([x["loss"] for x in lines[-8:]]))}
 
 
+def stage_report(args, arch) -> None:
+    """The loss curves of every stage: a PNG chart (log loss against step, median of 8 logged points) and
+    a JSON summary (steps, wall seconds, loss at checkpoints), for docs/shapes-model.md."""
+    from PIL import Image, ImageDraw
+
+    curves = {}
+    for stage in ("vae", "decoder", "unet"):
+        path = args.run_dir / f"{stage}.jsonl"
+        if path.is_file():
+            lines = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+            by_step = {x["step"]: x for x in lines}  # a resumed run may log a step twice: keep the last
+            curves[stage] = [by_step[k] for k in sorted(by_step)]
+    summary = {}
+    width, height, pad = 720, 300, 40
+    img = Image.new("RGB", (width, height * len(curves)), "white")
+    draw = ImageDraw.Draw(img)
+    for row, (stage, points) in enumerate(curves.items()):
+        steps = np.array([p["step"] for p in points], dtype=float)
+        loss = np.array([p["loss"] for p in points])
+        smooth = np.array([np.median(loss[max(0, i - 7):i + 1]) for i in range(len(loss))])
+        summary[stage] = {"steps": int(steps[-1]), "wall_s": points[-1]["wall_s"],
+                          "loss_smoothed_at": {str(int(steps[i])): round(float(smooth[i]), 5)
+                                               for i in np.unique(np.linspace(0, len(steps) - 1, 9).astype(int))}}
+        top = row * height
+        lo, hi = np.log10(smooth.min()), np.log10(smooth.max())
+        xy = [(pad + (w - steps[0]) / max(steps[-1] - steps[0], 1) * (width - 2 * pad),
+               top + pad + (hi - np.log10(v)) / max(hi - lo, 1e-9) * (height - 2 * pad)) for w, v in zip(steps, smooth)]
+        draw.rectangle([pad, top + pad, width - pad, top + height - pad], outline=(200, 200, 200))
+        draw.line(xy, fill=(40, 80, 230), width=2)
+        draw.text((pad, top + 10), f"{stage}: loss (log scale, {10**hi:.3g} to {10**lo:.3g}) over {int(steps[-1])} "
+                  f"steps, {points[-1]['wall_s'] / 60:.0f} min", fill="black")
+    out = Path(args.out or REPO / "docs" / "shapes-training-loss.png")
+    img.save(out)
+    (out.with_suffix(".json")).write_text(json.dumps(summary, indent=1) + "\n")
+    log.info("report: %s", json.dumps(summary))
+
+
 STAGES = {"vae": stage_vae, "fold": stage_fold, "unet": stage_unet, "decoder": stage_decoder,
-          "export": stage_export}
+          "export": stage_export, "report": stage_report}
 
 
 def main(argv=None) -> int:
