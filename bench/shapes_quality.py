@@ -52,20 +52,21 @@ def caption_conditioning(clip, texts: list[str]):
 
 def generate(model, clip, vae, texts, *, steps, cfg, sampler, scheduler, size, seed, chunk=72):
     """Decoded images (N, size, size, 3) float [0, 1], image i captioned texts[i]; `chunk` per sampler call,
-    each call with its own seed (seed + call number)."""
+    each call with its own seed (seed + call number). Without autograd, as ComfyUI's executor samples."""
     import comfy.sample
     import torch
 
     images = []
-    for call, start in enumerate(range(0, len(texts), chunk)):
-        part = texts[start:start + chunk]
-        positive = caption_conditioning(clip, part)
-        negative = caption_conditioning(clip, [""] * len(part))
-        latent = torch.zeros((len(part), 4, size // 8, size // 8))
-        noise = comfy.sample.prepare_noise(latent, seed + call)
-        samples = comfy.sample.sample(model, noise, steps, cfg, sampler, scheduler, positive, negative, latent,
-                                      seed=seed + call, disable_pbar=True)
-        images.append(vae.decode(samples).cpu().float().numpy())
+    with torch.no_grad():
+        for call, begin in enumerate(range(0, len(texts), chunk)):
+            part = texts[begin:begin + chunk]
+            positive = caption_conditioning(clip, part)
+            negative = caption_conditioning(clip, [""] * len(part))
+            latent = torch.zeros((len(part), 4, size // 8, size // 8))
+            noise = comfy.sample.prepare_noise(latent, seed + call)
+            samples = comfy.sample.sample(model, noise, steps, cfg, sampler, scheduler, positive, negative,
+                                          latent, seed=seed + call, disable_pbar=True)
+            images.append(vae.decode(samples).cpu().float().numpy())
     return np.concatenate(images)
 
 
@@ -96,20 +97,22 @@ def measure(images: np.ndarray, expected: list[tuple[str, str, str]], size: int)
             confusion[k] = confusion.get(k, 0) + 1
     result["shape_confusions"] = dict(sorted(confusion.items(), key=lambda kv: -kv[1]))
 
-    # Position and size among clean images, against the world's own distribution.
-    ok = [r for r in readings if r.clean]
+    # Position and size against the world's own distribution: over every image with one shape (what the
+    # noise decided) and over the clean ones (a check that cleanliness does not select sizes/positions).
     ref = [world.sample_scene(REFERENCE_STREAM, i, size) for i in range(20000)]
-    spread = {}
-    for key, gen_values, ref_values in (
-            ("cx", [r.cx / size for r in ok], [s.cx / size for s in ref]),
-            ("cy", [r.cy / size for r in ok], [s.cy / size for s in ref]),
-            ("half_extent", [r.half_extent / size for r in ok], [s.half_extent / size for s in ref])):
-        g, rf = np.asarray(gen_values), np.asarray(ref_values)
-        q = [0.05, 0.25, 0.5, 0.75, 0.95]
-        spread[key] = {"generated_quantiles": np.quantile(g, q).round(3).tolist() if len(g) else [],
-                       "training_quantiles": np.quantile(rf, q).round(3).tolist(),
-                       "ks_distance": ks_distance(g, rf) if len(g) else None}
-    result["spread_of_clean_images (fraction of width)"] = spread
+    for label, subset in (("one_shape", [r for r in readings if r.shape is not None and r.components == 1]),
+                          ("clean", [r for r in readings if r.clean])):
+        spread = {"images": len(subset)}
+        for key, gen_values, ref_values in (
+                ("cx", [r.cx / size for r in subset], [s.cx / size for s in ref]),
+                ("cy", [r.cy / size for r in subset], [s.cy / size for s in ref]),
+                ("half_extent", [r.half_extent / size for r in subset], [s.half_extent / size for s in ref])):
+            g, rf = np.asarray(gen_values), np.asarray(ref_values)
+            q = [0.05, 0.25, 0.5, 0.75, 0.95]
+            spread[key] = {"generated_quantiles": np.quantile(g, q).round(3).tolist() if len(g) else [],
+                           "training_quantiles": np.quantile(rf, q).round(3).tolist(),
+                           "ks_distance": round(ks_distance(g, rf), 3) if len(g) else None}
+        result[f"spread_{label} (fraction of width)"] = spread
     return result
 
 

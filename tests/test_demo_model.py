@@ -107,4 +107,6 @@ def test_a_caption_batch_renders_like_one_caption_at_a_time(demo):
         alone = comfy.sample.sample(model, noise[i:i + 1], 6, 5.0, "euler", "normal",
                                     shapes_quality.caption_conditioning(clip, [text]),
                                     shapes_quality.caption_conditioning(clip, [""]), latent[i:i + 1], seed=5)
-        torch.testing.assert_close(together[i:i + 1], alone, atol=1e-4, rtol=1e-4)
+        # Equal up to float batching noise (~1e-4 on unit-scale latents after 6 steps); a cond applied to the
+        # wrong element would differ by O(1).
+        torch.testing.assert_close(together[i:i + 1], alone, atol=1e-3, rtol=1e-3)

@@ -5,8 +5,8 @@
 
 ComfyUI's template browser shows <name>.jpg beside example_workflows/<name>.json. Each thumbnail holds the
 workflow's images side by side (source | target, original | edited; the explorer's sweep grid as it is),
-fitted into SIZE x SIZE on a dark background, as a JPEG kept under MAX_BYTES. With the stand-in checkpoint
-the pictures are noise-like; run the job with --checkpoint for real ones.
+fitted into SIZE x SIZE on a dark background, as a JPEG kept under MAX_BYTES. The main job's default model is
+the shapes-world demo model, so these are real edits (the README shows them).
 """
 
 from __future__ import annotations
@@ -23,8 +23,7 @@ SIZE = 256
 GAP = 6
 MAX_BYTES = 50_000
 BACKGROUND = (24, 24, 24)
-# What each picture of a workflow is (in the order the workflow saves them): noise-like stand-in pictures
-# say little on their own.
+# What each picture of a workflow is (sources before targets, then in the order the workflow saves them).
 LABELS = {
     "direction_explorer": ["rows: directions 0, 1, 2 · columns: alpha -0.4 … 0.4"],
     "direction_with_swap": ["source", "edited, layout held"],
@@ -44,7 +43,11 @@ def compose(images: list[Image.Image], labels=(), size: int = SIZE) -> Image.Ima
     for im in row:
         strip.paste(im, (x, 0))
         x += im.width + GAP
-    strip.thumbnail((size, size), Image.LANCZOS)
+    # Fit the row to the square, leaving room for the labels; small (64 px) pictures are enlarged with
+    # nearest-neighbour so they stay sharp.
+    scale = min((size - 16) / strip.width, (size - 48) / strip.height)
+    resample = Image.NEAREST if scale > 1 else Image.LANCZOS
+    strip = strip.resize((max(1, round(strip.width * scale)), max(1, round(strip.height * scale))), resample)
     canvas = Image.new("RGB", (size, size), BACKGROUND)
     x0, y0 = (size - strip.width) // 2, (size - strip.height) // 2
     canvas.paste(strip, (x0, y0))
@@ -77,7 +80,8 @@ def main(argv=None) -> int:
     for name, entry in summary["workflows"].items():
         if not (args.dest / f"{name}.json").is_file():
             continue
-        images = [Image.open(args.out / f) for f in entry["images"]]
+        files = sorted(entry["images"], key=lambda f: ("_target" in f, f))  # the server lists them in any order
+        images = [Image.open(args.out / f) for f in files]
         size = save_small_jpeg(compose(images, LABELS.get(name, ())), args.dest / f"{name}.jpg")
         sys.stderr.write(f"[thumbnails] {name}.jpg: {len(images)} image(s), {size / 1000:.1f} kB\n")
     return 0

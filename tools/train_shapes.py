@@ -354,8 +354,8 @@ def stage_export(args, arch) -> None:
     metadata = {
         dm.ARCHITECTURE_KEY: json.dumps(arch, sort_keys=True),
         "sae.data_version": world().DATA_VERSION,
-        "sae.training_command": "python -m tools.train_shapes vae && ... fold && ... unet & ... decoder; "
-                                "... export (tools/train_shapes.py)",
+        "sae.training_command": f"UNET_STEPS={unet_state['step']} scripts/train-shapes.sh "
+                                "(python -m tools.train_shapes vae, fold, decoder beside unet, unet, export)",
         "sae.training": json.dumps(walls, sort_keys=True),
         "modelspec.title": "Self-Attention Edit shapes-world demo (SD1.x architecture)",
     }
