@@ -81,15 +81,16 @@ def test_comfyui_sees_an_sd1x_model(demo, sae):
 
 def test_it_draws_what_it_is_told(demo):
     """One generation per caption (72), 20 euler steps at cfg 5, as the analyser reads them. The full
-    measurement (bench/shapes_quality.py, 216+ images) is in docs/shapes-model.md; the thresholds here sit
-    well below it, so only a broken model, loader or sampler path fails."""
+    measurement (bench/shapes_quality.py, 216 images) is in docs/shapes-model.md. Measured here with these
+    seeds: all three 100%, clean 81%; the thresholds leave room for other CPUs' float differences, while a
+    broken model, loader or sampler path lands near chance (1.4% for all three)."""
     model, clip, vae = demo
     combos = world.all_captions()
     images = shapes_quality.generate(model, clip, vae, [world.caption(*c) for c in combos], steps=20, cfg=5.0,
                                      sampler="euler", scheduler="normal", size=64, seed=123)
     result = shapes_quality.measure(images, combos, 64)
-    assert result["all_three"] >= 0.75, result
-    assert result["clean"] >= 0.75, result
+    assert result["all_three"] >= 0.85, result
+    assert result["clean"] >= 0.70, result
 
 
 def test_a_caption_batch_renders_like_one_caption_at_a_time(demo):

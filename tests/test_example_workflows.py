@@ -1,6 +1,6 @@
-"""Every example workflow runs unchanged through a real ComfyUI server on the stand-in SD1.5 checkpoint
-(UI format converted the way the front end does, POST /prompt, /history) and makes the images it
-promises: the count and size stored in the file's extra.sae_expected."""
+"""Every example workflow runs unchanged through a real ComfyUI server on the embedded shapes-world demo
+model it loads (UI format converted the way the front end does, POST /prompt, /history) and makes the
+images it promises: the count and size stored in the file's extra.sae_expected."""
 
 import json
 import shutil
