@@ -40,14 +40,19 @@ def assert_same(a, b):
             assert torch.equal(t, b[key][name]), f"{key}.{name}"
 
 
+def run_straight_and_resumed(stage, straight, resumed, arch, split, total):
+    """`stage` to step `total` in one run under `straight`, and to `split` then `total` under `resumed`."""
+    stage(args_for(straight, steps=total), arch)
+    stage(args_for(resumed, steps=split), arch)
+    stage(args_for(resumed, steps=total), arch)
+
+
 def test_resumed_training_equals_uninterrupted_training(train, tmp_path):
     arch = train._architecture()
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     for d in (straight, resumed):
         d.mkdir()
-    train.stage_vae(args_for(straight, steps=4), arch)
-    train.stage_vae(args_for(resumed, steps=2), arch)
-    train.stage_vae(args_for(resumed, steps=4), arch)
+    run_straight_and_resumed(train.stage_vae, straight, resumed, arch, split=2, total=4)
     (s1, w1), (s2, w2) = stage_weights(straight, "vae"), stage_weights(resumed, "vae")
     assert s1 == s2 == 4
     assert_same(w1, w2)
@@ -59,9 +64,7 @@ def test_resumed_training_equals_uninterrupted_training(train, tmp_path):
     # Folding makes SD15's scale factor give unit-variance latents (what every core node assumes).
     assert 0.8 < a["latents"].float().std() < 1.2
 
-    train.stage_unet(args_for(straight, steps=4), arch)
-    train.stage_unet(args_for(resumed, steps=3), arch)
-    train.stage_unet(args_for(resumed, steps=4), arch)
+    run_straight_and_resumed(train.stage_unet, straight, resumed, arch, split=3, total=4)
     (s1, w1), (s2, w2) = stage_weights(straight, "unet"), stage_weights(resumed, "unet")
     assert s1 == s2 == 4
     assert_same(w1, w2)

@@ -115,13 +115,12 @@ def decode(vae, z):
 class Stage:
     """Resumable optimisation loop: parameters, AdamW, optional EMA, step counter, JSONL log."""
 
-    def __init__(self, name: str, run_dir: Path, params, lr: float, warmup: int, ema_module=None):
+    def __init__(self, name: str, run_dir: Path, params, lr: float, warmup: int, keep_ema: bool = False):
         self.name, self.run_dir = name, run_dir
         self.params = [p for p in params if p.requires_grad]
         self.opt = torch.optim.AdamW(self.params, lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
         self.lr, self.warmup = lr, warmup
-        self.ema_module = ema_module
-        self.ema = [p.detach().clone() for p in self.params] if ema_module is not None else None
+        self.ema = [p.detach().clone() for p in self.params] if keep_ema else None
         self.step = 0
         self.wall = 0.0
         self.path = run_dir / f"{name}.pt"
@@ -190,12 +189,14 @@ class Stage:
                 log.info("%s: step %d loss %.4f (%.0f s)", self.name, self.step, float(loss), self.wall)
         self.save()
 
-    def ema_state(self) -> dict:
-        """The EMA weights as a state dict of ema_module."""
-        names = [n for n, p in self.ema_module.named_parameters() if p.requires_grad]
-        sd = dict(self.ema_module.state_dict())
-        sd.update({n: e.clone() for n, e in zip(names, self.ema)})
-        return sd
+
+
+def ema_state_dict(module: torch.nn.Module, ema: list[torch.Tensor]) -> dict:
+    """module's state dict with its trainable parameters replaced by `ema` (Stage's order: named_parameters)."""
+    names = [n for n, p in module.named_parameters() if p.requires_grad]
+    sd = dict(module.state_dict())
+    sd.update({n: e.clone() for n, e in zip(names, ema)})
+    return sd
 
 
 # ---------------------------------------------------------------------------------------------- stages
@@ -282,7 +283,7 @@ def stage_unet(args, arch) -> None:
     init_weights_(unet, INIT_SEED, UNET_ZERO)
     sigmas = base.model_sampling.sigmas.float()
     alphas_cumprod = 1.0 / (1.0 + sigmas**2)  # ComfyUI's discrete schedule: sigma^2 = (1 - a) / a
-    st = Stage("unet", args.run_dir, unet.parameters(), lr, warmup, ema_module=unet)
+    st = Stage("unet", args.run_dir, unet.parameters(), lr, warmup, keep_ema=True)
     st.resume(unet=unet)
     empty = len(conds) - 1
 
@@ -337,11 +338,7 @@ def stage_export(args, arch) -> None:
     clip, _ = build_text_encoder(arch)
     base = dm.build_base_model(arch)
     unet_state = torch.load(args.run_dir / "unet.pt", map_location="cpu", weights_only=False)
-    base.diffusion_model.load_state_dict(unet_state["modules"]["unet"])
-    st = Stage("unet", args.run_dir, base.diffusion_model.parameters(), 0.0, 1, ema_module=base.diffusion_model)
-    for e, v in zip(st.ema, unet_state["ema"]):
-        e.copy_(v)
-    base.diffusion_model.load_state_dict(st.ema_state())
+    base.diffusion_model.load_state_dict(ema_state_dict(base.diffusion_model, unet_state["ema"]))
     vae = build_vae_module(arch)
     decoder_path = args.run_dir / "decoder.pt"
     if decoder_path.is_file():
