@@ -1,13 +1,17 @@
-"""Empty placeholder for torchvision, used by the self-attention-edit test bed only.
+"""Empty placeholder package, installed as torchvision and torchaudio in the self-attention-edit test bed only.
 
-torchvision has no CPU build on the package registry that matches torch 2.13.0. ComfyUI imports it at
-load time from model files (cosmos, ...) that the SD1.x/SD2.x/SDXL families never call. Any
-`torchvision.X` submodule or attribute resolves to another placeholder; using one raises."""
+Neither has a CPU build on the package registry that matches torch 2.13.0. ComfyUI imports them at load
+time from model files (cosmos, audio VAEs, ...) that the families this pack tests never call. The package
+takes the name it is installed under: any `<name>.X` submodule or attribute resolves to another
+placeholder; calling one raises."""
 
 import importlib.abc
 import importlib.machinery
 import sys
 import types
+
+
+_ROOT = __name__
 
 
 class _Placeholder(types.ModuleType):
@@ -22,12 +26,12 @@ class _Placeholder(types.ModuleType):
         return child
 
     def __call__(self, *args, **kwargs):
-        raise RuntimeError(f"{self.__name__} is a test-bed placeholder; install the real torchvision")
+        raise RuntimeError(f"{self.__name__} is a test-bed placeholder; install the real {_ROOT}")
 
 
 class _Finder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     def find_spec(self, fullname, path, target=None):
-        if fullname.startswith("torchvision."):
+        if fullname.startswith(_ROOT + "."):
             return importlib.machinery.ModuleSpec(fullname, self, is_package=True)
         return None
 
