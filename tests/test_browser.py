@@ -58,6 +58,7 @@ class Page:
 
     def __init__(self, page):
         self.page = page
+        self.rendering = "classic"
         self.errors: list[str] = []
         page.on("console", lambda m: m.type == "error" and self.errors.append(m.text))
         page.on("pageerror", lambda e: self.errors.append(f"uncaught: {e}"))
@@ -67,12 +68,19 @@ class Page:
         return [e for e in errors if not any(b in e for b in ignore)]
 
 
-@pytest.fixture(scope="module")
-def ui(chromium, comfy_server):
+# Node renderings of the front end: the classic LiteGraph canvas, and the Vue node rendering ("Nodes 2.0",
+# setting Comfy.VueNodes.Enabled), where every node is a DOM element [data-node-id] and DOM widgets are
+# mounted inside it. Both front ends tested (1.32.9 with ComfyUI 0.3.75, 1.49.6 with 0.33) offer both.
+RENDERINGS = ("classic", "vue")
+
+
+@pytest.fixture(scope="module", params=RENDERINGS)
+def ui(request, chromium, comfy_server):
     from playwright.sync_api import sync_playwright
 
     # A first visit opens the template browser over the canvas; this user has "done the tutorial".
-    comfy_server.post("/settings", {"Comfy.TutorialCompleted": True})
+    comfy_server.post("/settings", {"Comfy.TutorialCompleted": True,
+                                    "Comfy.VueNodes.Enabled": request.param == "vue"})
     # LoadImage's combo must list the real-image example's input, as on a user's machine.
     shutil.copy(EXAMPLE_IMAGE, comfy_server.tmp / "base" / "input" / EXAMPLE_IMAGE.name)
     with sync_playwright() as pw:
@@ -84,6 +92,8 @@ def ui(chromium, comfy_server):
                 "() => window.app?.graph && window.app.extensions?.length"
                 " && Object.keys(window.LiteGraph?.registered_node_types ?? {}).length > 100",
                 timeout=120_000)
+            page.rendering = request.param
+            assert page.page.evaluate("() => !!LiteGraph.vueNodesMode") == (request.param == "vue")
             yield page
         finally:
             browser.close()
@@ -129,6 +139,26 @@ def test_help_page_is_served_where_the_front_end_looks(ui, object_info):
     assert not bad, bad
 
 
+def test_template_browser_shows_our_workflows_with_thumbnails(ui):
+    """The front end's own API lists our example workflows as templates of the pack, and each thumbnail,
+    fetched from the URL the template browser builds (api.apiURL("/workflow_templates/<pack>/<name>.jpg")),
+    decodes in the browser as a 256 px image."""
+    result = ui.page.evaluate(
+        """async (pack) => {
+            const api = window.comfyAPI.api.api;
+            const names = (await api.getWorkflowTemplates())[pack] ?? [];
+            const sizes = await Promise.all(names.map(name => new Promise(resolve => {
+                const img = new Image();
+                img.onload = () => resolve([name, Math.max(img.naturalWidth, img.naturalHeight)]);
+                img.onerror = () => resolve([name, 0]);
+                img.src = api.apiURL(`/workflow_templates/${pack}/${name}.jpg`);
+            })));
+            return Object.fromEntries(sizes);
+        }""", PACK_NAME)
+    assert sorted(result) == [p.stem for p in WORKFLOWS]
+    assert set(result.values()) == {256}, result
+
+
 LOAD_AND_CHECK = """async ([name, wf]) => {
     const missing = wf.nodes.map(n => n.type).filter(t => !(t in LiteGraph.registered_node_types));
     await app.loadGraphData(wf, true, false, name);
@@ -156,7 +186,9 @@ LOAD_AND_CHECK = """async ([name, wf]) => {
     if (links !== wf.links.length) problems.push(`${links} links, the file has ${wf.links.length}`);
     const dialogs = [...document.querySelectorAll(".p-dialog")].filter(d => d.offsetParent !== null)
         .map(d => d.innerText.slice(0, 300));
-    return {missing, problems, dialogs, nodes: app.graph.nodes.length};
+    await new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)));  // let Vue render
+    const domNodes = document.querySelectorAll("[data-node-id]").length;
+    return {missing, problems, dialogs, nodes: app.graph.nodes.length, domNodes};
 }"""
 
 
@@ -169,6 +201,8 @@ def test_example_workflow_loads_cleanly_in_the_front_end(ui, path):
     result = ui.page.evaluate(LOAD_AND_CHECK, [path.name, wf])
     assert result["missing"] == []
     assert result["nodes"] == len(wf["nodes"])
+    # Vue rendering draws every node as a DOM element; the classic canvas draws none.
+    assert result["domNodes"] == (len(wf["nodes"]) if ui.rendering == "vue" else 0)
     assert result["problems"] == []
     assert result["dialogs"] == []
     assert ui.take_errors() == []
@@ -192,7 +226,9 @@ CHART_STATE = """(id) => {
         const [r, g, b] = [data[i], data[i + 1], data[i + 2]];
         if (Math.max(r, g, b) - Math.min(r, g, b) > 60) colored++;
     }
+    const box = el.getBoundingClientRect();
     return {drawn: el.dataset.saeDrawn, caption: el.innerText, colored, width: canvas.width, height: canvas.height,
+            mounted: el.isConnected && box.width > 0 && box.height > 0,
             saved: node.properties.sae_spectrum ? {k: node.properties.sae_spectrum.k,
                                                    layers: node.properties.sae_spectrum.layers.length} : null,
             widgets_values: node.serialize().widgets_values};
@@ -205,19 +241,21 @@ DEMO_LAYERS = 10
 
 
 def test_queued_from_the_front_end_it_runs_and_draws_the_spectrum(ui, comfy_server, tmp_path):
-    """single_direction_edit with the eigendirections set to all layers of the demo model, k=6 (values nobody
-    computed before on this server, so it really runs), queued with app.queuePrompt like the Run button: the
-    prompt succeeds with the promised images, the node shows a chart of every layer with k=6 in colour on its
-    canvas, the chart is no widget value, and it comes back when the saved workflow is loaded again."""
+    """single_direction_edit with the eigendirections set to all layers of the demo model and a k nobody
+    computed before on this server (6 in the classic rendering, 5 in the Vue one, so it really runs), queued
+    with app.queuePrompt like the Run button: the prompt succeeds with the promised images, the node shows a
+    chart of every layer with that k in colour on its canvas (mounted and visible in the page), the chart is
+    no widget value, and it comes back when the saved workflow is loaded again."""
+    k = {"classic": 6, "vue": 5}[ui.rendering]
     wf = json.loads(RUN_WORKFLOW.read_text())
     ui.page.evaluate(LOAD_AND_CHECK, [RUN_WORKFLOW.name, wf])
     compute = next(n["id"] for n in wf["nodes"] if n["type"] == "SAEdit_ComputeEigendirections")
     ui.page.evaluate(LISTEN)
-    ui.page.evaluate("""(id) => {
+    ui.page.evaluate("""([id, k]) => {
         const node = app.graph.getNodeById(id);
         node.widgets.find(w => w.name === "layers").value = "all";
-        node.widgets.find(w => w.name === "top_k").value = 6;
-    }""", compute)
+        node.widgets.find(w => w.name === "top_k").value = k;
+    }""", [compute, k])
     assert ui.page.evaluate(f"(id) => ({CHART_STATE})(id)", compute) is None  # no chart before any data
     ui.take_errors()
     ui.page.evaluate("() => app.queuePrompt(0, 1)")
@@ -231,7 +269,7 @@ def test_queued_from_the_front_end_it_runs_and_draws_the_spectrum(ui, comfy_serv
     entry = comfy_server.wait(prompt_id, timeout=60)
     assert len(comfy_server.output_files(entry)) == wf["extra"]["sae_expected"]["images"]
     spectrum = entry["outputs"][str(compute)]["sae_spectrum"][0]
-    assert spectrum["k"] == 6 and len(spectrum["layers"]) == DEMO_LAYERS
+    assert spectrum["k"] == k and len(spectrum["layers"]) == DEMO_LAYERS
 
     ui.page.evaluate("""(id) => {  // bring the node into view at 100 % for the screenshot
         const node = app.graph.getNodeById(id);
@@ -243,18 +281,19 @@ def test_queued_from_the_front_end_it_runs_and_draws_the_spectrum(ui, comfy_serv
     state = ui.page.evaluate(f"(id) => ({CHART_STATE})(id)", compute)
     assert state is not None, "no spectrum chart widget on the node"
     assert state["drawn"] == str(DEMO_LAYERS)
-    assert f"{DEMO_LAYERS} layers" in state["caption"] and "k=6" in state["caption"]
+    assert f"{DEMO_LAYERS} layers" in state["caption"] and f"k={k}" in state["caption"]
     assert state["colored"] > 500, state  # lines in the level colours were drawn, not an empty box
-    assert state["saved"] == {"k": 6, "layers": DEMO_LAYERS}
-    assert state["widgets_values"] == ["all", 6, ""]  # the chart adds no widget value
-    screenshot(ui.page, "browser-spectrum.png", tmp_path)
+    assert state["mounted"], state  # the chart's element is in the page and displayed, in either rendering
+    assert state["saved"] == {"k": k, "layers": DEMO_LAYERS}
+    assert state["widgets_values"] == ["all", k, ""]  # the chart adds no widget value
+    screenshot(ui.page, f"browser-spectrum-{ui.rendering}.png", tmp_path)
 
     saved = ui.page.evaluate("() => app.graph.serialize()")
     ui.page.evaluate("(wf) => app.loadGraphData(wf, true, false, 'reloaded')", saved)
     ui.page.wait_for_timeout(300)
     restored = ui.page.evaluate(f"(id) => ({CHART_STATE})(id)", compute)
     assert restored is not None and restored["drawn"] == str(DEMO_LAYERS)
-    assert restored["saved"] == {"k": 6, "layers": DEMO_LAYERS}
+    assert restored["saved"] == {"k": k, "layers": DEMO_LAYERS}
     assert ui.take_errors() == []
 
 
