@@ -13,6 +13,7 @@ from .node_directions import (
     SaveAttentionDirections,
     register_folder,
 )
+from .node_invert import INVERT_NODES
 from .node_swap import SWAP_NODES
 
 NODES: list[type[io.ComfyNode]] = [
@@ -21,6 +22,7 @@ NODES: list[type[io.ComfyNode]] = [
     SaveAttentionDirections,
     LoadAttentionDirections,
     *SWAP_NODES,
+    *INVERT_NODES,
     *BATCH_NODES,
     *DEMO_MODEL_NODES,
 ]

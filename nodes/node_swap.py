@@ -1,5 +1,5 @@
 """Nodes for Free-Prompt-Editing: "Self-Attention Swap" and its helpers (pairs latent, pair conditioning,
-split, inversion)."""
+split). The inversion node is in node_invert.py."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import torch
 from comfy_api.latest import io
 
 from .errors import NOT_SD_UNET, NodeInputError, model_name
-from .inversion import invert
 from .layers import CUSTOM_LIST_HELP, LAYER_PRESETS, select_layers
 from .node_directions import CATEGORY
+from .node_invert import InversionType
 from .swap_patch import (
     CHECK_WRAPPER_KEY,
     PIN_WRAPPER_KEY,
@@ -22,7 +22,6 @@ from .swap_patch import (
 )
 from .weights import model_layers, unet_of
 
-InversionType = io.Custom("SAE_INVERSION")
 ROWS = ("conditional only", "conditional and unconditional")
 FPE_LAYERS = "below latent resolution (FPE default)"
 
@@ -246,38 +245,4 @@ class SplitPairs(io.ComfyNode):
         return io.NodeOutput(images[0::2], images[1::2])
 
 
-class InvertLatent(io.ComfyNode):
-    DISPLAY = "Invert Latent (DDIM)"
-
-    @classmethod
-    def define_schema(cls):
-        import comfy.samplers
-
-        return io.Schema(
-            node_id="SAEdit_InvertLatent",
-            display_name=cls.DISPLAY,
-            category=CATEGORY,
-            description="Runs deterministic Euler (DDIM, eta 0) backwards from the image latent to noise and records "
-                        "the path. Sample forward with the same steps and scheduler, add_noise disabled.",
-            inputs=[
-                io.Model.Input("model"),
-                io.Conditioning.Input("positive", tooltip="Source prompt for the inversion (FPE: empty prompt)."),
-                io.Latent.Input("latent", tooltip="VAE-encoded image(s)."),
-                io.Int.Input("steps", default=50, min=1, max=1000, tooltip="Must equal the forward sampler's steps."),
-                io.Combo.Input("scheduler", options=list(comfy.samplers.SCHEDULER_NAMES), default="normal",
-                               tooltip="Must equal the forward sampler's scheduler."),
-            ],
-            outputs=[io.Latent.Output(display_name="noise"), InversionType.Output(display_name="inversion")],
-        )
-
-    @classmethod
-    def execute(cls, model, positive, latent, steps, scheduler):
-        if not model_layers(model):
-            raise NodeInputError(cls.DISPLAY, "model", model_name(model), NOT_SD_UNET)
-        noise, inv = invert(model, positive, latent["samples"], steps, scheduler)
-        out = {k: v for k, v in latent.items() if k not in ("samples", "batch_index")}
-        out["samples"] = noise
-        return io.NodeOutput(out, inv)
-
-
-SWAP_NODES = [SelfAttentionSwap, MakePairs, PairConditioning, SplitPairs, InvertLatent]
+SWAP_NODES = [SelfAttentionSwap, MakePairs, PairConditioning, SplitPairs]

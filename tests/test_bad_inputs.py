@@ -77,7 +77,7 @@ def test_model_without_unet_self_attention_is_refused_by_every_model_node(sae):
     expect_error(sae, lambda: compute(sae, flux), "Compute Attention Eigendirections", "model", *advice)
     expect_error(sae, lambda: apply(sae, flux, sd_dirs), "Apply Latent Direction (timestep window)", "model", *advice)
     expect_error(sae, lambda: swap(sae, flux), "Self-Attention Swap", "model", *advice)
-    invert = node(sae, "node_swap", "InvertLatent")
+    invert = node(sae, "node_invert", "InvertLatent")
     latent = {"samples": torch.zeros(1, 16, 8, 8)}
     expect_error(sae, lambda: invert.execute(flux, testbed.tiny_conditioning("sd15", 1), latent, 2, "normal"),
                  "Invert Latent (DDIM)", "model", *advice)
@@ -292,7 +292,7 @@ def test_half_precision_models_work_with_every_node(sae, family, dtype, manual_c
     assert torch.equal(swapped[0], unswapped[0]) and not torch.equal(swapped[1], unswapped[1])
 
     image = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
-    noise, inv = swap_nodes.InvertLatent.execute(model, pos, {"samples": image}, 4, "normal").args
+    noise, inv = sae("nodes.node_invert").InvertLatent.execute(model, pos, {"samples": image}, 4, "normal").args
     assert torch.isfinite(noise["samples"]).all() and torch.isfinite(inv.latents).all()
     pinned = swap(sae, model, inversion=inv)
     out = testbed.sample(pinned, cond, cond, swap_nodes.MakePairs.execute(noise).args[0]["samples"],

@@ -103,7 +103,7 @@ def test_applying_a_node_twice_never_changes_the_first_result(sae):
     swap(sae, s1)
     assert torch.equal(run_pairs(sae, s1), r2)
 
-    ns = sae("nodes.node_swap")
+    ns = sae("nodes.node_invert")
     _, inv = ns.InvertLatent.execute(model, testbed.tiny_conditioning("sd15", 1),
                                      {"samples": torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(1))},
                                      4, "normal").args
