@@ -1,10 +1,10 @@
 """Reading self-attention weights from a ComfyUI MODEL, and computing its directions with a cache.
 
 The weights are the ones the model will sample with: the original tensors (dequantized, their scales
-applied) plus this clone's weight patches (LoRA, ...), recomputed from the pieces ModelPatcher.get_key_patches()
-is made of (key_patches),
-never read from the shared nn.Module (which holds whichever clone was loaded last), on one device chosen
-from the MODEL's configuration (solve_device). Needs ComfyUI at call time only.
+applied) plus this clone's weight patches (LoRA, ...), recomputed from the pieces that
+ModelPatcher.get_key_patches() is made of (key_patches), never read from the shared nn.Module (which
+holds whichever clone was loaded last), on one device chosen from the MODEL's configuration
+(solve_device). Needs ComfyUI at call time only.
 """
 
 from __future__ import annotations
@@ -107,8 +107,7 @@ def effective_weight(entry: list, key: str, device=None, module=None) -> tuple[t
     entry: [(original, convert_func), *patches], as key_patches() or one entry of
     ModelPatcher.get_key_patches() give it; the original comes from the patcher's backup when a loaded
     clone wrote its patches into the shared module, so the answer never depends on which clone was loaded
-    last. module: the weight's module (its convert
-    function and model dtype), None if unknown.
+    last. module: the weight's module (its convert function and model dtype), None if unknown.
 
     The steps are those of ModelPatcher.patch_weight_to_device (0.3.75 and 0.33): a float32 copy, the
     module's convert function (it applies the per-Linear scale_weight of 0.3.75's scaled-fp8 ops; quantized

@@ -341,7 +341,7 @@ def test_gpu_solve_is_independent_of_residency_and_agrees_with_the_cpu(sae):
     gpu.add_patches({key: (torch.randn(stored_attn_weight(gpu).shape, generator=torch.Generator().manual_seed(1)),)}, 0.1)
     assert weights.solve_device(gpu).type == "cuda"
     before = compute(sae, gpu, "all", 4)
-    gpu.load(torch.device("cuda", 0))
+    gpu.load(torch.device("cuda", 0), full_load=True)  # weights resident on the GPU, the patch written in
     try:
         weights.EIGEN_CACHE.clear()
         after = compute(sae, gpu, "all", 4)
