@@ -10,7 +10,7 @@ from comfy_api.latest import io
 from .directions import AttnDirections
 from .errors import NOT_SD_UNET, NodeInputError, model_name
 from .layers import CUSTOM_LIST_HELP, LAYER_PRESETS
-from .weights import compute_directions, model_layers
+from .weights import compute_directions, model_layers, solve_device
 
 log = logging.getLogger("self_attention_edit")
 
@@ -69,7 +69,8 @@ class ComputeAttentionEigendirections(io.ComfyNode):
         except ValueError as e:
             raise NodeInputError(cls.DISPLAY, "layers" if layers != "custom list" else "custom_layers",
                                  layers if layers != "custom list" else custom_layers, str(e)) from e
-        log.info("computed %d directions on %d layers (%s)", directions.k, len(directions.layers), directions.model_family)
+        log.info("computed %d directions on %d layers (%s, solved on %s)", directions.k, len(directions.layers),
+                 directions.model_family, solve_device(model))
         return io.NodeOutput(directions, ui={"sae_spectrum": [directions.summary()]})
 
 
