@@ -43,11 +43,11 @@ class ApplyLatentDirection(io.ComfyNode):
                                tooltip="Edit strength. Relative scale: a fraction of the mean token norm; "
                                        "-0.4..0.4 is the useful range."),
                 io.Float.Input("window_start", default=0.5, min=0.0, max=1.0, step=0.01,
-                               tooltip="Edit only while t > window_start * T, i.e. after ComfyUI's percent "
-                                       "1 - window_start of the schedule (0 = until the end)."),
+                               tooltip="Edit only while t > window_start * T, i.e. until ComfyUI's percent "
+                                       "1 - window_start of sampling (0: to the end)."),
                 io.Float.Input("window_end", default=0.8, min=0.0, max=1.0, step=0.01,
                                tooltip="Edit only while t < window_end * T, i.e. from ComfyUI's percent "
-                                       "1 - window_end of the schedule (1 = from the start)."),
+                                       "1 - window_end of sampling on (1: from the start)."),
                 io.Combo.Input("alpha_scale", options=list(SCALES), default=SCALES[0],
                                tooltip="'relative to token norm': alpha times each image's mean token norm (usable "
                                        "range -0.4..0.4 on every layer). 'absolute (paper)': Z + alpha * n literally."),

@@ -205,3 +205,40 @@ def test_no_warning_for_a_chain_when_each_window_is_reached(sae, caplog):
     run(missed, sigmas=turbo_sigmas(missed, 4))
     (warning,) = window_warnings(caplog)
     assert "0.81*T < t < 0.89*T" in warning.getMessage()
+
+
+HOST_READS = {"tolist", "item", "__bool__", "__float__", "__int__", "__index__", "cpu", "numpy", "equal", "allclose"}
+
+
+def test_one_host_read_per_model_evaluation(sae):
+    """Two chained Apply nodes on all 16 layers, sampled with heun: the pack's code reads a tensor back to
+    the host (a device sync on a GPU) exactly once per UNet call, whatever the number of patches and layers.
+    Counted with a TorchFunctionMode scoped to the sampling call, attributing each read to the Python file
+    that asked for it."""
+    import sys
+
+    from torch.overrides import TorchFunctionMode
+
+    nodes_dir = str(testbed.REPO / "nodes")
+
+    class CountHostReads(TorchFunctionMode):
+        def __init__(self):
+            super().__init__()
+            self.reads = 0
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if getattr(func, "__name__", "") in HOST_READS and sys._getframe(1).f_code.co_filename.startswith(nodes_dir):
+                self.reads += 1
+            return func(*args, **(kwargs or {}))
+
+    model = testbed.tiny_model("sd15")
+    node = sae("nodes.node_directions").ComputeAttentionEigendirections
+    d = node.execute(model, "all", 2, "").args[0]
+    evaluations = []
+    counted = model.clone()
+    counted.set_model_unet_function_wrapper(lambda f, p: evaluations.append(1) or f(p["input"], p["timestep"], **p["c"]))
+    patched = apply(sae, apply(sae, counted, d), d, start=0.3, end=0.9)
+    with CountHostReads() as mode:
+        run(patched, steps=4, sampler="heun")
+    assert len(evaluations) == 7  # heun: 2 evaluations per step but the last
+    assert mode.reads == len(evaluations)
