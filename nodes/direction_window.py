@@ -22,7 +22,10 @@ def window_sigmas(model_sampling, start: float, end: float) -> tuple[float, floa
     scale the core's start_percent / end_percent inputs (ControlNet, conditioning ranges) use.
     On each schedule that is:
       - discrete SD (ModelSamplingDiscrete, 1000 steps): sigma(f * 999), log-linear between the integer
-        timesteps; the paper's 0.5..0.8 gives sigma(499.5) = 1.6142 < sigma < sigma(799.2) = 5.1034;
+        timesteps; the paper's 0.5..0.8 gives sigma(499.5) = 1.6156 < sigma < sigma(799.2) = 5.0924
+        (UNet timesteps 500..799 inside, against 501..799 with the former integer test 500 < t < 800: an
+        evaluation at exactly t = 500, as beta schedules with an even step count make, is now edited;
+        one at exactly sigma(799.2), as normal with 5k + 1 steps makes, is not);
       - LCM (ModelSamplingDiscreteDistilled): the same 0..999 timestep scale, interpolated on its 50 kept sigmas;
       - EDM / continuous: exp(log sigma_min + f * (log sigma_max - log sigma_min));
       - flow (ModelSamplingDiscreteFlow, SD3 / AuraFlow shift s): s f / (1 + (s - 1) f); Flux: its time shift of f.
