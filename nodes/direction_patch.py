@@ -1,35 +1,90 @@
-"""The "Apply Latent Direction" patch: an attn1_patch plus a wrapper that tells it the UNet timestep.
+"""The "Apply Latent Direction" patch: an attn1_patch plus two wrappers that tell it where sampling is.
 
-Gating on the timestep the UNet actually sees (ModelSampling.timestep(sigma), per row) rather than on a
-step counter makes the window exact for every sampler, multi-evaluation ones (heun, dpm_2) included.
+The patch gates on the sigma each model evaluation runs at (per row), against the window converted to a
+sigma interval through the model_sampling object in force at that evaluation (direction_window). That is
+exact for every sampler, multi-evaluation ones (heun, dpm_2) included, and for every schedule (discrete
+SD, LCM, EDM / continuous, flow), including a ModelSampling node applied after Apply Latent Direction.
+
+- APPLY_MODEL wrapper (record_sigmas): per UNet call, reads the per-row sigmas to the host once (the only
+  host read of the call, shared by every Apply patch and layer) and hands them, with the BaseModel's
+  model_sampling, to the patches in that call's transformer_options.
+- OUTER_SAMPLE wrapper (track_window_run): per sampling run, a fresh WindowRun records the evaluated
+  sigmas and which windows were hit, and logs one warning per window nothing fell inside.
 """
 
 from __future__ import annotations
+
+import logging
 
 import torch
 
 from .attention_rows import tiles_per_unet_row
 from .direction_math import alpha_per_row, direction_delta
+from .direction_window import WindowRun, window_sigmas
 
-# transformer_options key under which the wrapper below stores the per-row UNet timesteps.
-TIMESTEPS_KEY = "self_attention_edit.timesteps"
-WRAPPER_KEY = "self_attention_edit.timesteps"
+log = logging.getLogger("self_attention_edit")
+
+# transformer_options keys: the per-call ModelCall (set by record_sigmas) and the per-run WindowRun.
+CALL_KEY = "self_attention_edit.direction_call"
+RUN_KEY = "self_attention_edit.direction_run"
+CALL_WRAPPER_KEY = "self_attention_edit.direction_sigmas"
+RUN_WRAPPER_KEY = "self_attention_edit.direction_window_run"
 APPLY_NODE = "Apply Latent Direction"
 
 
-def record_timesteps(executor, x, timesteps, context, y, control, transformer_options, *args, **kwargs):
-    """WrappersMP.DIFFUSION_MODEL wrapper: expose the UNet's own timesteps (rows,) to attention patches.
-    transformer_options is the per-call dict built by calc_cond_batch, which the UNet mutates too."""
-    transformer_options[TIMESTEPS_KEY] = timesteps
-    return executor(x, timesteps, context, y, control, transformer_options, *args, **kwargs)
+class ModelCall:
+    """One UNet call as the patches see it: sigmas, tuple of host floats, one per row ([rows] = chunks * B,
+    chunk-major like the UNet's input), and the model_sampling object the call runs with."""
+
+    __slots__ = ("sigmas", "model_sampling")
+
+    def __init__(self, sigmas: tuple[float, ...], model_sampling):
+        self.sigmas = sigmas
+        self.model_sampling = model_sampling
 
 
-def install_timestep_wrapper(model) -> None:
-    """Add the wrapper to a clone once (several Apply nodes share it)."""
+def record_sigmas(executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options=None,
+                  *args, **kwargs):
+    """WrappersMP.APPLY_MODEL wrapper (BaseModel.apply_model): t is the per-row sigma, [rows].
+
+    The ModelCall goes into a copy of the call's transformer_options (0.33 copies that dict again inside
+    _apply_model; nothing here relies on the caller's dict being shared across calls)."""
+    sigmas = tuple(t.reshape(-1).tolist())  # the one host read (device sync) of this UNet call
+    options = dict(transformer_options or {})
+    run = options.get(RUN_KEY)
+    if run is not None:
+        run.evaluated(sigmas)
+    options[CALL_KEY] = ModelCall(sigmas, getattr(executor.class_obj, "model_sampling", None))
+    return executor(x, t, c_concat, c_crossattn, control, options, *args, **kwargs)
+
+
+def track_window_run(executor, *args, **kwargs):
+    """WrappersMP.OUTER_SAMPLE wrapper (CFGGuider.outer_sample; 0.33 passes extra keywords, e.g.
+    latent_shapes). executor.class_obj is the guider, whose model_options is already a per-run copy
+    (CFGGuider.sample): the WindowRun placed there reaches every model call of this run and no other."""
+    options = getattr(executor.class_obj, "model_options", None)
+    if not isinstance(options, dict):
+        return executor(*args, **kwargs)
+    run = WindowRun()
+    transformer_options = options.setdefault("transformer_options", {})
+    transformer_options[RUN_KEY] = run
+    try:
+        out = executor(*args, **kwargs)
+    finally:
+        transformer_options.pop(RUN_KEY, None)
+    for message in run.missed_warnings(APPLY_NODE):
+        log.warning(message)
+    return out
+
+
+def install_window_wrappers(model) -> None:
+    """Add both wrappers to a clone once (several Apply nodes share them)."""
     import comfy.patcher_extension as pe
 
-    if not model.get_wrappers(pe.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY):
-        model.add_wrapper_with_key(pe.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, record_timesteps)
+    for kind, key, fn in ((pe.WrappersMP.APPLY_MODEL, CALL_WRAPPER_KEY, record_sigmas),
+                          (pe.WrappersMP.OUTER_SAMPLE, RUN_WRAPPER_KEY, track_window_run)):
+        if not model.get_wrappers(kind, key):
+            model.add_wrapper_with_key(kind, key, fn)
 
 
 def layer_key(extra_options) -> str | None:
@@ -44,23 +99,27 @@ class LatentDirectionPatch:
 
     Immutable; .to(device) returns a moved copy (ComfyUI's model_patches_to), deepcopy returns itself.
     vectors: layer key -> (d,) unit direction. alphas: one per latent element (cycled) or a single one.
-    Active for rows whose timestep t satisfies t_low < t < t_high (0..T-1 timestep units)."""
+    Active for rows whose sigma lies in the window start*T < t < end*T converted to sigma by the
+    model_sampling in force at that call (direction_window.window_sigmas: an open interval)."""
 
-    def __init__(self, vectors: dict[str, torch.Tensor], alphas: tuple[float, ...], t_low: float, t_high: float,
-                 relative: bool, fallback_timestep=None):
+    def __init__(self, vectors: dict[str, torch.Tensor], alphas: tuple[float, ...], start: float, end: float,
+                 relative: bool, fallback_sampling=None):
         self.vectors = dict(vectors)
         self.alphas = tuple(alphas)
-        self.t_low = float(t_low)
-        self.t_high = float(t_high)
+        self.start = float(start)
+        self.end = float(end)
         self.relative = bool(relative)
-        # Used only if the timestep wrapper did not run (another pack calling the UNet by hand).
-        self.fallback_timestep = fallback_timestep
+        # Used only if record_sigmas did not run (another pack calling the UNet by hand): the
+        # model_sampling the node saw.
+        self.fallback_sampling = fallback_sampling
         # Cache of the last active_alphas() result: every layer of one UNet call asks for the same
-        # alphas (same timesteps tensor, rows, chunks, device); computing them costs a host read of the
-        # timesteps (a device sync on a GPU) and a new tensor. Keyed by the identity of that call's
-        # timesteps (or sigmas) tensor, which the cache holds (so the identity cannot be reused by a later
-        # tensor). One tuple, replaced atomically.
+        # alphas (same call, rows, chunks, device); computing them builds a new tensor (and, on the
+        # fallback path, costs a host read of the sigmas). Keyed by the identity of that call's ModelCall
+        # (or sigmas tensor), which the cache holds (so the identity cannot be reused by a later object).
+        # One tuple, replaced atomically.
         self._last_alphas = None
+        # Cache of the window in sigma for the last model_sampling object seen (held, same reason).
+        self._last_window = None
 
     def __deepcopy__(self, memo):
         return self
@@ -69,40 +128,59 @@ class LatentDirectionPatch:
         if isinstance(device_or_dtype, torch.dtype):
             return self  # vectors are cast to the activation dtype at use; keep them in float32
         moved = {k: v.to(device_or_dtype) for k, v in self.vectors.items()}
-        return LatentDirectionPatch(moved, self.alphas, self.t_low, self.t_high, self.relative, self.fallback_timestep)
+        return LatentDirectionPatch(moved, self.alphas, self.start, self.end, self.relative, self.fallback_sampling)
 
-    def _timesteps(self, extra_options, rows: int) -> torch.Tensor:
-        t = extra_options.get(TIMESTEPS_KEY)
-        if t is None:
-            sigmas = extra_options["sigmas"]
-            t = self.fallback_timestep(sigmas).repeat(rows // sigmas.shape[0])
-        return t.reshape(-1)
+    def window_sigmas(self, model_sampling) -> tuple[float, float]:
+        """(sigma_low, sigma_high) of this patch's window on model_sampling's schedule."""
+        last = self._last_window
+        if last is not None and last[0] is model_sampling:
+            return last[1]
+        bounds = window_sigmas(model_sampling, self.start, self.end)
+        self._last_window = (model_sampling, bounds)
+        return bounds
+
+    def _sigmas(self, extra_options, call, rows: int):
+        """(per-row sigmas as host floats, model_sampling) of this call; (None, None) if unknown."""
+        if call is not None and call.model_sampling is not None:
+            return call.sigmas, call.model_sampling
+        sigmas = extra_options.get("sigmas")  # [B_latent], not [rows]
+        if sigmas is None or self.fallback_sampling is None:
+            return None, None
+        host = sigmas.reshape(-1).tolist()
+        return host * (rows // max(len(host), 1)), self.fallback_sampling
 
     def active_alphas(self, extra_options, rows: int, device) -> torch.Tensor | None:
         """(rows,) alphas, zero outside the window; None when no row is edited.
 
         rows may be a multiple of the UNet's rows: a patch before this one (HyperTile) split every UNet
         row into `tiles` contiguous rows of tokens; each tile gets its image's alpha."""
-        source = extra_options.get(TIMESTEPS_KEY)
+        call = extra_options.get(CALL_KEY)
+        source = call if call is not None else extra_options.get("sigmas")
         if source is None:
-            source = extra_options["sigmas"]
+            return None
         chunks = len(extra_options.get("cond_or_uncond", [0])) or 1
         last = self._last_alphas
         if last is not None and last[0] is source and last[1] == rows and last[2] == chunks and last[3] == device:
             return last[4]
-        alphas = self._compute_active_alphas(extra_options, rows, chunks, device)
+        alphas = self._compute_active_alphas(extra_options, call, rows, chunks, device)
         self._last_alphas = (source, rows, chunks, device, alphas)
         return alphas
 
-    def _compute_active_alphas(self, extra_options, rows: int, chunks: int, device) -> torch.Tensor | None:
+    def _compute_active_alphas(self, extra_options, call, rows: int, chunks: int, device) -> torch.Tensor | None:
         tiles = tiles_per_unet_row(rows, extra_options.get("original_shape"), APPLY_NODE)
         unet_rows = rows // tiles
-        # The window test runs on host floats: one transfer of a few timesteps, then no small tensor ops
-        # (each costs tens of microseconds in a sampling loop, more than the arithmetic).
-        t = self._timesteps(extra_options, unet_rows).tolist()
-        if len(t) != unet_rows:
-            raise ValueError(f"timesteps for {len(t)} rows, activations for {unet_rows}")
-        inside = [self.t_low < x < self.t_high for x in t]
+        # The window test runs on host floats (read once per call by record_sigmas): no small tensor ops,
+        # each of which costs tens of microseconds in a sampling loop, more than the arithmetic.
+        sigmas, sampling = self._sigmas(extra_options, call, unet_rows)
+        if sigmas is None:
+            return None
+        if len(sigmas) != unet_rows:
+            raise ValueError(f"sigmas for {len(sigmas)} rows, activations for {unet_rows}")
+        low, high = self.window_sigmas(sampling)
+        inside = [low < s < high for s in sigmas]
+        run = extra_options.get(RUN_KEY)
+        if run is not None:
+            run.window(self.start, self.end, low, high, any(inside))
         if not any(inside):
             return None
         per_row = alpha_per_row(self.alphas, unet_rows, chunks)

@@ -5,18 +5,11 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from .direction_math import SCALES, check_alpha, parse_alphas
-from .direction_patch import LatentDirectionPatch, install_timestep_wrapper
+from .direction_patch import LatentDirectionPatch, install_window_wrappers
 from .errors import NOT_SD_UNET, NodeInputError, model_name
 from .layers import CUSTOM_LIST_HELP, LayerInfo, select_layers
 from .node_directions import CATEGORY, AttnDirectionsType
 from .weights import model_family, model_layers
-
-
-def num_train_timesteps(model) -> int:
-    """T of the model's discrete schedule (1000 for SD-family models)."""
-    sampling = model.get_model_object("model_sampling")
-    sigmas = getattr(sampling, "sigmas", None)
-    return int(sigmas.shape[0]) if sigmas is not None else 1000
 
 
 def check_window(node: str, start: float, end: float) -> str | None:
@@ -37,8 +30,10 @@ class ApplyLatentDirection(io.ComfyNode):
             category=CATEGORY,
             description=(
                 "Adds alpha * direction to the self-attention input of the directions' layers (q, k and v all "
-                "see it) while window_start*T < t < window_end*T, t being the timestep the UNet sees. Chain "
-                "several to combine directions. Returns a patched copy; the input MODEL is unchanged."),
+                "see it) while window_start*T < t < window_end*T, converted to sigma through the schedule "
+                "the model samples with (any sampler, any schedule: SD, LCM, EDM, flow); logs a warning when "
+                "no model evaluation of a run falls inside. Chain several to combine directions. Returns a "
+                "patched copy; the input MODEL is unchanged."),
             inputs=[
                 io.Model.Input("model", tooltip="Model to patch (a copy is patched)."),
                 AttnDirectionsType.Input("directions", tooltip="From Compute/Load Attention Directions."),
@@ -48,9 +43,11 @@ class ApplyLatentDirection(io.ComfyNode):
                                tooltip="Edit strength. Relative scale: a fraction of the mean token norm; "
                                        "-0.4..0.4 is the useful range."),
                 io.Float.Input("window_start", default=0.5, min=0.0, max=1.0, step=0.01,
-                               tooltip="Edit only while t > window_start * T (T = 1000 training timesteps)."),
+                               tooltip="Edit only while t > window_start * T, i.e. until ComfyUI's percent "
+                                       "1 - window_start of sampling (0: to the end)."),
                 io.Float.Input("window_end", default=0.8, min=0.0, max=1.0, step=0.01,
-                               tooltip="Edit only while t < window_end * T."),
+                               tooltip="Edit only while t < window_end * T, i.e. from ComfyUI's percent "
+                                       "1 - window_end of sampling on (1: from the start)."),
                 io.Combo.Input("alpha_scale", options=list(SCALES), default=SCALES[0],
                                tooltip="'relative to token norm': alpha times each image's mean token norm (usable "
                                        "range -0.4..0.4 on every layer). 'absolute (paper)': Z + alpha * n literally."),
@@ -86,7 +83,7 @@ class ApplyLatentDirection(io.ComfyNode):
         patch = build_direction_patch(model, directions, index, alpha, window_start, window_end, alpha_scale,
                                       layers, alpha_sweep)
         m = model.clone()
-        install_timestep_wrapper(m)
+        install_window_wrappers(m)
         m.set_model_attn1_patch(patch)
         return io.NodeOutput(m)
 
@@ -134,13 +131,13 @@ def build_direction_patch(model, directions, index, alpha, window_start, window_
             raise NodeInputError(node, "layers", layers, str(e)) from e
         chosen = [x for x in chosen if x.key in keys]
 
-    T = num_train_timesteps(model)
-    sampling = model.get_model_object("model_sampling")
+    # The window stays in fractions of T: it is converted to sigma at sampling time, through the
+    # model_sampling then in force (a ModelSampling node after this one changes it; direction_window).
     return LatentDirectionPatch(
         vectors={x.key: x.vectors[index].float().clone() for x in chosen},
         alphas=alphas,
-        t_low=window_start * T,
-        t_high=window_end * T,
+        start=window_start,
+        end=window_end,
         relative=alpha_scale == SCALES[0],
-        fallback_timestep=sampling.timestep,
+        fallback_sampling=model.get_model_object("model_sampling"),
     )
