@@ -37,20 +37,12 @@ def pair_rows(rows: int, chunk_kinds: list, edit_kinds: set) -> tuple[list[int],
 
 
 def row_index(rows: int, targets: list[int], sources: list[int]) -> list[int]:
-    """Gather index of a row copy: row r reads row index[r] (targets read their sources, others
-    themselves)."""
+    """Gather index of the row copy of q and k: row r reads row index[r] (targets read their sources,
+    others themselves). One index_select with it is a single copy, no clone-then-overwrite."""
     index = list(range(rows))
     for t, s in zip(targets, sources):
         index[t] = s
     return index
-
-
-def copy_rows(x: torch.Tensor, targets: list[int], sources: list[int]) -> torch.Tensor:
-    """A new tensor whose target rows are x's source rows (x itself when there is nothing to copy).
-    One gather (row r reads row index[r]): a single copy, no clone-then-overwrite."""
-    if not targets:
-        return x
-    return x.index_select(0, torch.tensor(row_index(x.shape[0], targets, sources), device=x.device))
 
 
 def explicit_swapped_attention(q, k, v, heads: int, targets: list[int], sources: list[int]) -> torch.Tensor:

@@ -96,14 +96,15 @@ def core(cls, *args):
 
 def test_an_attention_override_runs_on_swapped_layers(sae):
     """An optimized_attention_override another node put in the model's transformer_options (called by
-    ComfyUI as override(func, *args, **kwargs)) is called on every self-attention layer the swap
+    ComfyUI as override(func, *args, **kwargs)) is called on the self-attention of every layer the swap
     replaces, as on the others; a pass-through override leaves the result bit-identical."""
     model = testbed.tiny_model("sd15")
     seen = set()
 
     def override(func, *args, **kwargs):
         options = kwargs.get("transformer_options") or {}
-        if "block" in options:
+        q, k = args[0], args[1]
+        if "block" in options and q.shape[1] == k.shape[1]:  # self-attention (cross-attention: 77 text tokens)
             seen.add((options["block"][0], options["block"][1], options.get("block_index", 0)))
         return func(*args, **kwargs)
 
@@ -387,3 +388,52 @@ def test_pinning_matches_the_per_row_reference(sae, dtype, images):
         expected = reference_pin(stored, latents, x, t, cond_or_uncond)
         assert torch.equal(got["x"], expected), sigma
         assert torch.equal(got["x"][1::2], x[1::2]), "targets untouched"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Pure parts (no ComfyUI)
+
+def test_chunk_roles_name_conds_by_identity():
+    """Each calc_cond_batch entry is named by the guider cond it is (identity, not equality): CFG's
+    [positive, negative], DualCFG's [negative, middle, positive], SAG's [negative]; a skipped entry
+    (None) has no role; an entry that is a copy makes the roles unknown (None), and unknown roles fall
+    back to the CFG order (0 positive, 1 negative)."""
+    rows = testbed.load_pure("attention_rows")
+    pos, neg, mid = [{"a": 1}], [{"a": 1}], [{"a": 2}]
+    conds = {"positive": pos, "negative": neg, "middle": mid}
+    assert rows.chunk_roles([pos, neg], conds) == ("positive", "negative")
+    assert rows.chunk_roles([neg, mid, pos], conds) == ("negative", "middle", "positive")
+    assert rows.chunk_roles([neg], conds) == ("negative",)
+    assert rows.chunk_roles([pos, None], conds) == ("positive", None)
+    assert rows.chunk_roles([list(pos), neg], conds) is None, "equal but not the guider's list"
+    assert rows.chunk_roles([pos, neg], None) is None
+    assert rows.chunk_kinds([2, 0, 1], ("negative", "middle", "positive")) == ("positive", "negative", "middle")
+    assert rows.chunk_kinds([1, 0], None) == ("negative", "positive")
+    assert rows.chunk_kinds([0], None) == ("positive",)
+
+
+def test_fpe_layers_drop_the_highest_attention_level_only():
+    """fpe_layers keeps every level below the highest-resolution level that has self-attention: levels
+    1-3 when attention starts at the latent resolution (SD1.x/2.x), level 2 when it starts at latent/2
+    (SDXL); a single-level model keeps nothing."""
+    layers = testbed.load_pure("layers")
+
+    def info(key, level):
+        return layers.LayerInfo(key=key, module_path=key, width=8, level=level)
+
+    sd = [info(f"input.{i}.0", lv) for i, lv in ((1, 0), (4, 1), (7, 2))] + [info("middle.0.0", 3)]
+    assert [x.key for x in layers.fpe_layers(sd)] == ["input.4.0", "input.7.0", "middle.0.0"]
+    xl = [info("input.4.0", 1), info("input.4.1", 1), info("input.7.0", 2), info("middle.0.0", 2)]
+    assert [x.key for x in layers.fpe_layers(xl)] == ["input.7.0", "middle.0.0"]
+    assert layers.fpe_layers([info("middle.0.0", 2)]) == []
+    assert [x.key for x in layers.select_layers(xl, layers.FPE_PRESET)] == ["input.7.0", "middle.0.0"]
+
+
+def test_sigma_window_bounds():
+    """An evaluation exactly at the start bound is in, exactly at the end bound out (float32 rounding
+    absorbed); end 1.0 (sigma bound 0) keeps every positive sigma."""
+    math_ = testbed.load_pure("swap_math")
+    assert math_.sigma_in_window(5.0, 1.0, 5.0) and math_.sigma_in_window(5.0000001, 1.0, 5.0)
+    assert not math_.sigma_in_window(1.0, 1.0, 5.0) and not math_.sigma_in_window(1.0000001, 1.0, 5.0)
+    assert not math_.sigma_in_window(5.1, 1.0, 5.0)
+    assert math_.sigma_in_window(1e-4, 0.0, 1e9)
