@@ -1,7 +1,8 @@
 """The "Apply Latent Direction" patch: an attn1_patch plus two wrappers that tell it where sampling is.
 
-The patch gates on the sigma each model evaluation runs at (per row), against the window converted to a
-sigma interval through the model_sampling object in force at that evaluation (direction_window). That is
+The patch gates each row of a model evaluation against the window converted through the model_sampling
+object in force at that evaluation (direction_window): on the integer timestep the model is fed on
+discrete schedules (SD, LCM), on sigma elsewhere (EDM / continuous, flow). That is
 exact for every sampler, multi-evaluation ones (heun, dpm_2) included, and for every schedule (discrete
 SD, LCM, EDM / continuous, flow), including a ModelSampling node applied after Apply Latent Direction.
 
@@ -20,7 +21,7 @@ import torch
 
 from .attention_rows import tiles_per_unet_row
 from .direction_math import alpha_per_row, direction_delta
-from .direction_window import WindowRun, window_sigmas
+from .direction_window import Window, WindowRun, window_for
 
 log = logging.getLogger("self_attention_edit")
 
@@ -33,14 +34,29 @@ APPLY_NODE = "Apply Latent Direction"
 
 
 class ModelCall:
-    """One UNet call as the patches see it: sigmas, tuple of host floats, one per row ([rows] = chunks * B,
-    chunk-major like the UNet's input), and the model_sampling object the call runs with."""
+    """One UNet call as the patches see it: sigmas and timesteps (what model_sampling.timestep() feeds the
+    model), tuples of host floats, one per row ([rows] = chunks * B, chunk-major like the UNet's input),
+    and the model_sampling object the call runs with."""
 
-    __slots__ = ("sigmas", "model_sampling")
+    __slots__ = ("sigmas", "timesteps", "model_sampling")
 
-    def __init__(self, sigmas: tuple[float, ...], model_sampling):
+    def __init__(self, sigmas: tuple[float, ...], timesteps: tuple[float, ...], model_sampling):
         self.sigmas = sigmas
+        self.timesteps = timesteps
         self.model_sampling = model_sampling
+
+
+def host_sigmas_and_timesteps(sigma: torch.Tensor, model_sampling) -> tuple[tuple, tuple]:
+    """Per-row sigmas and the timesteps the model is fed at them, in ONE host read (a device sync on a GPU)."""
+    flat = sigma.reshape(-1)
+    if flat.dtype in (torch.float16, torch.bfloat16):
+        flat = flat.float()
+    if model_sampling is None:
+        values = flat.tolist()
+        return tuple(values), tuple(values)
+    both = torch.stack([flat, model_sampling.timestep(flat).to(device=flat.device, dtype=flat.dtype)])
+    sigmas, timesteps = both.tolist()
+    return tuple(sigmas), tuple(timesteps)
 
 
 def record_sigmas(executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options=None,
@@ -49,12 +65,13 @@ def record_sigmas(executor, x, t, c_concat=None, c_crossattn=None, control=None,
 
     The ModelCall goes into a copy of the call's transformer_options (0.33 copies that dict again inside
     _apply_model; nothing here relies on the caller's dict being shared across calls)."""
-    sigmas = tuple(t.reshape(-1).tolist())  # the one host read (device sync) of this UNet call
+    sampling = getattr(executor.class_obj, "model_sampling", None)
+    sigmas, timesteps = host_sigmas_and_timesteps(t, sampling)  # the one host read of this UNet call
     options = dict(transformer_options or {})
     run = options.get(RUN_KEY)
     if run is not None:
         run.evaluated(sigmas)
-    options[CALL_KEY] = ModelCall(sigmas, getattr(executor.class_obj, "model_sampling", None))
+    options[CALL_KEY] = ModelCall(sigmas, timesteps, sampling)
     return executor(x, t, c_concat, c_crossattn, control, options, *args, **kwargs)
 
 
@@ -99,8 +116,9 @@ class LatentDirectionPatch:
 
     Immutable; .to(device) returns a moved copy (ComfyUI's model_patches_to), deepcopy returns itself.
     vectors: layer key -> (d,) unit direction. alphas: one per latent element (cycled) or a single one.
-    Active for rows whose sigma lies in the window start*T < t < end*T converted to sigma by the
-    model_sampling in force at that call (direction_window.window_sigmas: an open interval)."""
+    Active for rows inside the window start*T < t < end*T on the model_sampling in force at that call
+    (direction_window.window_for: the integer timestep the model is fed on discrete schedules, sigma on
+    the others)."""
 
     def __init__(self, vectors: dict[str, torch.Tensor], alphas: tuple[float, ...], start: float, end: float,
                  relative: bool, fallback_sampling=None):
@@ -118,8 +136,9 @@ class LatentDirectionPatch:
         # (or sigmas tensor), which the cache holds (so the identity cannot be reused by a later object).
         # One tuple, replaced atomically.
         self._last_alphas = None
-        # Cache of the window in sigma for the last model_sampling object seen (held, same reason).
-        self._last_window = None
+        # The window converted on the last few model_sampling objects seen (held, same reason), shared with
+        # the device copies .to() makes for every sampling run, so a run converts nothing it did before.
+        self._windows: list = []
 
     def __deepcopy__(self, memo):
         return self
@@ -128,26 +147,31 @@ class LatentDirectionPatch:
         if isinstance(device_or_dtype, torch.dtype):
             return self  # vectors are cast to the activation dtype at use; keep them in float32
         moved = {k: v.to(device_or_dtype) for k, v in self.vectors.items()}
-        return LatentDirectionPatch(moved, self.alphas, self.start, self.end, self.relative, self.fallback_sampling)
+        copy = LatentDirectionPatch(moved, self.alphas, self.start, self.end, self.relative, self.fallback_sampling)
+        copy._windows = self._windows  # shared: a converted window does not depend on the device
+        return copy
 
-    def window_sigmas(self, model_sampling) -> tuple[float, float]:
-        """(sigma_low, sigma_high) of this patch's window on model_sampling's schedule."""
-        last = self._last_window
-        if last is not None and last[0] is model_sampling:
-            return last[1]
-        bounds = window_sigmas(model_sampling, self.start, self.end)
-        self._last_window = (model_sampling, bounds)
-        return bounds
+    def window(self, model_sampling) -> Window:
+        """This patch's window on model_sampling's schedule (converted once per schedule object: a few host
+        reads of its table, never per call)."""
+        for sampling, window in self._windows:
+            if sampling is model_sampling:
+                return window
+        window = window_for(model_sampling, self.start, self.end)
+        # One slice assignment (the list object is shared with the copies): the last few schedules.
+        self._windows[:] = [*self._windows[-3:], (model_sampling, window)]
+        return window
 
     def _sigmas(self, extra_options, call, rows: int):
-        """(per-row sigmas as host floats, model_sampling) of this call; (None, None) if unknown."""
+        """(per-row sigmas, per-row timesteps, model_sampling) of this call; (None, None, None) if unknown."""
         if call is not None and call.model_sampling is not None:
-            return call.sigmas, call.model_sampling
+            return call.sigmas, call.timesteps, call.model_sampling
         sigmas = extra_options.get("sigmas")  # [B_latent], not [rows]
         if sigmas is None or self.fallback_sampling is None:
-            return None, None
-        host = sigmas.reshape(-1).tolist()
-        return host * (rows // max(len(host), 1)), self.fallback_sampling
+            return None, None, None
+        host, steps = host_sigmas_and_timesteps(sigmas, self.fallback_sampling)
+        repeat = rows // max(len(host), 1)
+        return host * repeat, steps * repeat, self.fallback_sampling
 
     def active_alphas(self, extra_options, rows: int, device) -> torch.Tensor | None:
         """(rows,) alphas, zero outside the window; None when no row is edited.
@@ -171,16 +195,16 @@ class LatentDirectionPatch:
         unet_rows = rows // tiles
         # The window test runs on host floats (read once per call by record_sigmas): no small tensor ops,
         # each of which costs tens of microseconds in a sampling loop, more than the arithmetic.
-        sigmas, sampling = self._sigmas(extra_options, call, unet_rows)
+        sigmas, timesteps, sampling = self._sigmas(extra_options, call, unet_rows)
         if sigmas is None:
             return None
         if len(sigmas) != unet_rows:
             raise ValueError(f"sigmas for {len(sigmas)} rows, activations for {unet_rows}")
-        low, high = self.window_sigmas(sampling)
-        inside = [low < s < high for s in sigmas]
+        window = self.window(sampling)
+        inside = [window.contains(s, t) for s, t in zip(sigmas, timesteps)]
         run = extra_options.get(RUN_KEY)
         if run is not None:
-            run.window(self.start, self.end, low, high, any(inside))
+            run.window(self.start, self.end, window.sigma_low, window.sigma_high, any(inside))
         if not any(inside):
             return None
         per_row = alpha_per_row(self.alphas, unet_rows, chunks)

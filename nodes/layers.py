@@ -67,10 +67,12 @@ def sort_key(layer_key: str):
 # ---------------------------------------------------------------------------------------------------
 # Selection
 
+FPE_PRESET = "below latent resolution (FPE default)"  # the saved name (kept for workflows); the rule is fpe_layers()
+
 LAYER_PRESETS = (
     "middle block",
     "all",
-    "below latent resolution (FPE default)",
+    FPE_PRESET,
     "latent resolution",
     "lowest resolution",
     "input blocks",
@@ -98,10 +100,8 @@ def select_layers(layers: list[LayerInfo], preset: str, custom: str = "") -> lis
         chosen = list(layers)
     elif preset == "middle block":
         chosen = [x for x in layers if x.block[0] == "middle"]
-    elif preset == "below latent resolution (FPE default)":
-        # FPE swaps maps of at most 32x32 tokens at 512 px (64x64 latent): every layer at least one
-        # downsampling below the latent, whatever the image size. On SD1.x/2.x: 11 of 16 layers.
-        chosen = [x for x in layers if x.level > 0]
+    elif preset == FPE_PRESET:
+        chosen = fpe_layers(layers)
     elif preset == "latent resolution":
         chosen = [x for x in layers if x.level == 0]
     elif preset == "lowest resolution":
@@ -117,6 +117,24 @@ def select_layers(layers: list[LayerInfo], preset: str, custom: str = "") -> lis
     if not chosen:
         raise ValueError(f"layer selection {preset!r} matches no self-attention layer of this model")
     return sorted(chosen, key=lambda x: sort_key(x.key))
+
+
+def fpe_layers(layers: list[LayerInfo]) -> list[LayerInfo]:
+    """Free-Prompt-Editing's default layers: those whose self-attention maps hold at most a quarter of the
+    tokens of the model's largest self-attention map, i.e. every resolution level below the
+    highest-resolution level that has self-attention.
+
+    FPE (SD1.5, 512 px, 64x64 latent) swaps the maps of at most 32x32 tokens and leaves the 64x64 ones:
+    this rule verbatim. Token counts scale with the image (tokens = latent_h * latent_w / 4**level), so
+    the ratio, and hence the set of layers, is the same at every image size and needs no latent size:
+    SD1.x/2.x: levels 1-3, 11 of 16 layers (everything below the latent resolution); SDXL, which has no
+    self-attention at the latent resolution: level 2 only, 60 of 70 layers (at 1024 px its 64x64-token
+    level-1 maps are left alone like SD1.5's 64x64 maps at 512 px; at 512 px the same layers, 32x32
+    tokens, are left)."""
+    if not layers:
+        return []
+    highest = min(x.level for x in layers)
+    return [x for x in layers if x.level > highest]
 
 
 def _select_custom(layers: list[LayerInfo], custom: str) -> list[LayerInfo]:

@@ -9,21 +9,25 @@ import torch
 from comfy_api.latest import io
 
 from .errors import NOT_SD_UNET, NodeInputError, model_name
-from .layers import CUSTOM_LIST_HELP, LAYER_PRESETS, select_layers
+from .layers import CUSTOM_LIST_HELP, FPE_PRESET, LAYER_PRESETS, select_layers
 from .node_directions import CATEGORY
 from .node_invert import InversionType
 from .swap_patch import (
     CHECK_WRAPPER_KEY,
     PIN_WRAPPER_KEY,
+    ROLES_WRAPPER_KEY,
+    ChunkRolesWrapper,
+    GuiderCondsWrapper,
     PinSourceToTrajectory,
     SelfAttentionSwapPatch,
     SwapInputCheck,
+    SwapWindow,
     expected_widths,
 )
 from .weights import model_layers, unet_of
 
 ROWS = ("conditional only", "conditional and unconditional")
-FPE_LAYERS = "below latent resolution (FPE default)"
+FPE_LAYERS = FPE_PRESET
 
 
 def attn1_replaces(model) -> dict:
@@ -76,14 +80,21 @@ class SelfAttentionSwap(io.ComfyNode):
             inputs=[
                 io.Model.Input("model", tooltip="Model to patch (a copy is patched)."),
                 io.Combo.Input("layers", options=list(LAYER_PRESETS), default=FPE_LAYERS,
-                               tooltip="Self-attention layers whose maps are swapped. FPE default: every layer "
-                                       "below the latent resolution (11 of 16 on SD1.x)."),
+                               tooltip="Self-attention layers whose maps are swapped. FPE default: every level "
+                                       "below the model's highest-resolution self-attention level (maps of at "
+                                       "most 1/4 of its largest map's tokens): 11 of 16 layers on SD1.x/2.x, "
+                                       "60 of 70 on SDXL, the same layers at every image size."),
                 io.Float.Input("start", default=0.0, min=0.0, max=1.0, step=0.01,
-                               tooltip="Swap from this fraction of the sampling steps..."),
+                               tooltip="Swap from this fraction of the denoising (ComfyUI's percent scale, as "
+                                       "ControlNet's start_percent; = fraction of the steps on the normal/simple/"
+                                       "ddim_uniform schedulers). Counted on the whole schedule: split "
+                                       "KSamplerAdvanced runs and denoise < 1 swap where the full run would."),
                 io.Float.Input("end", default=0.8, min=0.0, max=1.0, step=0.01,
                                tooltip="...until this fraction (FPE: 0.8; lower keeps less of the source)."),
                 io.Combo.Input("rows", options=list(ROWS), default=ROWS[0],
-                               tooltip="Swap on the conditional half only (FPE) or on both halves of CFG."),
+                               tooltip="Swap on the positive conditioning only (FPE; read from the guider, so "
+                                       "DualCFGGuider's cond1 and never SAG's extra unconditional pass) or on "
+                                       "every conditioning (positive and negative)."),
                 io.String.Input("custom_layers", default="", optional=True,
                                 tooltip="Used when layers is 'custom list': " + CUSTOM_LIST_HELP),
                 InversionType.Input("inversion", optional=True,
@@ -99,7 +110,7 @@ class SelfAttentionSwap(io.ComfyNode):
     def validate_inputs(cls, start=0.0, end=0.8, layers=FPE_LAYERS, custom_layers="", **_):
         if not (0.0 <= start < end <= 1.0):
             return (f"{cls.DISPLAY}: input 'start'/'end' = {start!r}/{end!r}: need 0 <= start < end <= 1 "
-                    "(fractions of the sampling steps; FPE uses 0 to 0.8)")
+                    "(fractions of the denoising; FPE uses 0 to 0.8)")
         if layers == "custom list" and not (custom_layers or "").strip():
             return f"{cls.DISPLAY}: input 'custom_layers' is empty but layers is 'custom list'; {CUSTOM_LIST_HELP}"
         return True
@@ -119,20 +130,30 @@ class SelfAttentionSwap(io.ComfyNode):
             raise NodeInputError(cls.DISPLAY, "layers", layers if layers != "custom list" else custom_layers,
                                  str(e)) from e
         edit_chunks = frozenset({0}) if rows == ROWS[0] else frozenset({0, 1})
+        # One window for all of this node's layers: it decides once per UNet call for all of them.
+        window = SwapWindow(start, end, all_chunks=rows != ROWS[0],
+                            fallback_sampling=model.get_model_object("model_sampling"))
         m = model.clone()
         for key in swap_keys(model, available, chosen):
             inner = existing_attn1_replace(model, key) if len(key) == 3 else attn1_replaces(model).get(key)
-            m.set_model_attn1_replace(SelfAttentionSwapPatch(start, end, edit_chunks, inner), *key)
+            m.set_model_attn1_replace(SelfAttentionSwapPatch(start, end, edit_chunks, inner, window), *key)
         import comfy.patcher_extension as pe
 
-        # One check per model, however many swap nodes are chained.
+        # One of each wrapper per model, however many swap nodes are chained.
         m.remove_wrappers_with_key(pe.WrappersMP.DIFFUSION_MODEL, CHECK_WRAPPER_KEY)
         m.add_wrapper_with_key(pe.WrappersMP.DIFFUSION_MODEL, CHECK_WRAPPER_KEY,
                                SwapInputCheck(*expected_widths(unet_of(model))))
+        # Which chunk is the positive one, read from the guider (DualCFGGuider and SAG's extra pass do
+        # not put it at cond_or_uncond 0), and the model_sampling in force for the window.
+        m.remove_wrappers_with_key(pe.WrappersMP.PREDICT_NOISE, ROLES_WRAPPER_KEY)
+        m.add_wrapper_with_key(pe.WrappersMP.PREDICT_NOISE, ROLES_WRAPPER_KEY, GuiderCondsWrapper())
+        m.remove_wrappers_with_key(pe.WrappersMP.CALC_COND_BATCH, ROLES_WRAPPER_KEY)
+        m.add_wrapper_with_key(pe.WrappersMP.CALC_COND_BATCH, ROLES_WRAPPER_KEY, ChunkRolesWrapper())
         if inversion is not None and pin_source:
             m.remove_wrappers_with_key(pe.WrappersMP.APPLY_MODEL, PIN_WRAPPER_KEY)
             m.add_wrapper_with_key(pe.WrappersMP.APPLY_MODEL, PIN_WRAPPER_KEY,
-                                   PinSourceToTrajectory(inversion.sigmas, inversion.latents))
+                                   PinSourceToTrajectory(inversion.sigmas, inversion.latents,
+                                                         inversion.check_schedule))
         return io.NodeOutput(m)
 
 

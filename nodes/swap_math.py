@@ -14,10 +14,11 @@ from __future__ import annotations
 import torch
 
 
-def pair_rows(rows: int, cond_or_uncond: list[int], edit_chunks: set[int]) -> tuple[list[int], list[int]]:
-    """(target rows, their source rows) of one UNet call, for the chunks whose cond_or_uncond value is in
-    edit_chunks (0 = positive, 1 = negative). Raises ValueError if the batch is not made of pairs."""
-    chunks = len(cond_or_uncond)
+def pair_rows(rows: int, chunk_kinds: list, edit_kinds: set) -> tuple[list[int], list[int]]:
+    """(target rows, their source rows) of one UNet call, for the chunks whose kind is in edit_kinds.
+    chunk_kinds has one entry per chunk: its cond_or_uncond value, its role ("positive", ...), or a flag.
+    Raises ValueError if the batch is not made of pairs."""
+    chunks = len(chunk_kinds)
     if chunks == 0 or rows % chunks:
         raise ValueError(f"{rows} rows do not split into {chunks} cond/uncond chunks")
     batch = rows // chunks
@@ -26,8 +27,8 @@ def pair_rows(rows: int, cond_or_uncond: list[int], edit_chunks: set[int]) -> tu
             f"the latent batch has {batch} elements, which cannot be split into source/target pairs; "
             "make the latent with 'Make Source/Target Pairs' (2 elements per pair)")
     targets, sources = [], []
-    for c, kind in enumerate(cond_or_uncond):
-        if kind not in edit_chunks:
+    for c, kind in enumerate(chunk_kinds):
+        if kind not in edit_kinds:
             continue
         for e in range(1, batch, 2):
             targets.append(c * batch + e)
@@ -35,15 +36,13 @@ def pair_rows(rows: int, cond_or_uncond: list[int], edit_chunks: set[int]) -> tu
     return targets, sources
 
 
-def copy_rows(x: torch.Tensor, targets: list[int], sources: list[int]) -> torch.Tensor:
-    """A new tensor whose target rows are x's source rows (x itself when there is nothing to copy).
-    One gather (row r reads row index[r]): a single copy, no clone-then-overwrite."""
-    if not targets:
-        return x
-    index = list(range(x.shape[0]))
+def row_index(rows: int, targets: list[int], sources: list[int]) -> list[int]:
+    """Gather index of the row copy of q and k: row r reads row index[r] (targets read their sources,
+    others themselves). One index_select with it is a single copy, no clone-then-overwrite."""
+    index = list(range(rows))
     for t, s in zip(targets, sources):
         index[t] = s
-    return x.index_select(0, torch.tensor(index, device=x.device))
+    return index
 
 
 def explicit_swapped_attention(q, k, v, heads: int, targets: list[int], sources: list[int]) -> torch.Tensor:
@@ -64,17 +63,10 @@ def explicit_swapped_attention(q, k, v, heads: int, targets: list[int], sources:
     return out.transpose(1, 2).reshape(rows, tokens, inner).to(v.dtype)
 
 
-def step_window_active(sigma: float, sample_sigmas, start: float, end: float) -> bool:
-    """Whether a model evaluation at `sigma` lies in steps [start*S, end*S) of the schedule
-    sample_sigmas (S+1 values, descending). Works for intermediate sigmas of multi-evaluation samplers:
-    step i covers sigma in (sigma_{i+1}, sigma_i]."""
-    steps = len(sample_sigmas) - 1
-    if steps <= 0:
-        return True
-    first = int(round(start * steps))
-    stop = int(round(end * steps))
-    if first >= stop:
-        return False
-    hi = float(sample_sigmas[first])
-    lo = float(sample_sigmas[stop])
-    return lo < sigma <= hi * (1 + 1e-6)
+def sigma_in_window(sigma: float, sigma_low: float, sigma_high: float) -> bool:
+    """Whether a model evaluation at noise level sigma lies in the window sigma_low < sigma <= sigma_high
+    (the bounds from model_sampling.percent_to_sigma(end) and (start)). A relative slack of 1e-5 absorbs
+    float32 rounding, so an evaluation at exactly a bound's sigma counts as at the bound: in at the top,
+    out at the bottom."""
+    slack = 1.0 + 1e-5
+    return sigma_low * slack < sigma <= sigma_high * slack

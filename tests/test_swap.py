@@ -209,9 +209,16 @@ def test_real_image_inversion_reconstructs_and_edit_changes_the_target_only(sae)
     unpinned = forward(swap(sae, model, inversion=inv, pin=False))
     err_pinned = (pinned[0] - image_latent[0]).abs()
     err_unpinned = (unpinned[0] - image_latent[0]).abs()
-    # Pinned, the last Euler step returns D(z_{S-1}), z_{S-1} being one inversion step (sigma 1e-4 ->
-    # 0.029) from the input: the error is 0.029 * |eps(x0) - eps(z_{S-1})| / 0.18215 (latent scale),
-    # measured ~0.12 mean, 0.5 max. Unpinned, inversion with random weights drifts far (measured ~36 mean).
+    # Pinned, the last Euler step returns D(z_1), z_1 being the first inversion step (sigma 0 -> 0.029)
+    # from the input: the error is 0.029 * |eps(x0) - eps(z_1)| / 0.18215 (latent scale), measured ~0.12
+    # mean, 0.5 max. Unpinned, inversion with random weights drifts far (measured ~36-42 mean).
     assert err_pinned.mean() < 0.25 and err_pinned.max() < 1.0, (err_pinned.mean(), err_pinned.max())
     assert err_pinned.mean() < err_unpinned.mean() / 50
     assert (pinned[1] - pinned[0]).abs().mean() > 1.0, "the target (other prompt) is edited"
+
+    # Pinning to a trajectory the sampler does not follow would pin the source to the wrong latents: a
+    # forward run with other steps is refused at its first model call, naming the recorded settings.
+    sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "normal", 12)
+    with pytest.raises(ValueError, match="steps=20, scheduler 'normal'"):
+        comfy.sample.sample_custom(swap(sae, model, inversion=inv), torch.zeros_like(lat["samples"]), 1.0,
+                                   comfy.samplers.sampler_object("euler"), sigmas, cond, cond, lat["samples"], seed=0)

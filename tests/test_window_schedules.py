@@ -1,8 +1,10 @@
 """Apply Latent Direction's window on every kind of schedule: discrete SD (eps), LCM, EDM (continuous) and
 flow (SD3-style shift), with ComfyUI's own samplers and its own ModelSampling nodes.
 
-The expected edits are computed here from ComfyUI's percent_to_sigma on the model_sampling the sampler
-runs with (window fraction f of T -> percent 1 - f), independently of the pack's conversion."""
+The expected edits are computed here independently of the pack's conversion, on the model_sampling the
+sampler runs with: on the discrete schedules (SD, LCM) from the integer timestep the UNet is fed,
+0.5*1000 < timestep(sigma) < 0.8*1000 (the paper's inequality); on the others from ComfyUI's
+percent_to_sigma (window fraction f of T -> percent 1 - f)."""
 
 from __future__ import annotations
 
@@ -73,10 +75,19 @@ class SigmaRecorder:
         return m
 
 
-def expected_window(model):
-    """The window in sigma on the schedule model samples with, straight from ComfyUI's percent_to_sigma."""
+DISCRETE = ("sd", "lcm")  # schedules whose UNet is fed integer training timesteps, T = 1000
+
+
+def expected_inside(model, discrete: bool):
+    """sigma -> whether the window holds an evaluation at sigma, on the schedule model samples with."""
     sampling = model.get_model_object("model_sampling")
-    return float(sampling.percent_to_sigma(1.0 - START)), float(sampling.percent_to_sigma(1.0 - END))
+    if discrete:
+        def inside(sigma):
+            t = int(sampling.timestep(torch.tensor([sigma])).item())
+            return START * 1000 < t < END * 1000
+        return inside
+    low, high = float(sampling.percent_to_sigma(1.0 - START)), float(sampling.percent_to_sigma(1.0 - END))
+    return lambda sigma: low < sigma < high
 
 
 def run(model, steps=9, sampler="euler", sigmas=None):
@@ -92,10 +103,10 @@ def run(model, steps=9, sampler="euler", sigmas=None):
                                       latent, seed=0)
 
 
-def check_exact(rec, low, high):
-    inside = [e for e in rec.events if low < e[0] < high]
-    outside = [e for e in rec.events if not low < e[0] < high]
-    assert inside and outside, f"the schedule should visit both sides of ({low}, {high}): {rec.events}"
+def check_exact(rec, is_inside):
+    inside = [e for e in rec.events if is_inside(e[0])]
+    outside = [e for e in rec.events if not is_inside(e[0])]
+    assert inside and outside, f"the schedule should visit both sides of the window: {rec.events}"
     assert all(e[2] for e in inside), [e for e in inside if not e[2]]
     assert not any(e[2] for e in outside), [e for e in outside if e[2]]
     assert {e[1] for e in inside} == {0, 1}, "cond and uncond rows are both edited"
@@ -104,33 +115,45 @@ def check_exact(rec, low, high):
 @pytest.mark.parametrize("sampler", ["euler", "heun", "dpmpp_2m"])
 @pytest.mark.parametrize("schedule", ["sd", "lcm", "edm", "flow"])
 def test_edited_exactly_inside_the_converted_window(sae, schedule, sampler):
-    """With the schedule's ModelSampling node before Apply Latent Direction, every model evaluation whose
-    sigma lies inside percent_to_sigma(1 - 0.5) < sigma < percent_to_sigma(1 - 0.8) is edited, on every
-    row, and no other (heun's intermediate sigmas included); each case has evaluations on both sides."""
+    """With the schedule's ModelSampling node before Apply Latent Direction, every model evaluation inside
+    the window is edited, on every row, and no other (heun's intermediate sigmas included): on SD and LCM
+    those the UNet sees at an integer timestep 500 < t < 800, elsewhere those with
+    percent_to_sigma(1 - 0.5) < sigma < percent_to_sigma(1 - 0.8); each case has evaluations on both sides."""
     model = with_schedule(testbed.tiny_model("sd15"), schedule)
     rec = SigmaRecorder()
     patched = rec.install(model, lambda m: apply(sae, m, directions(sae, m)))
     run(patched, sampler=sampler)
-    check_exact(rec, *expected_window(patched))
+    check_exact(rec, expected_inside(patched, schedule in DISCRETE))
 
 
 def test_window_in_sigma_on_each_schedule(sae):
-    """The conversion is ComfyUI's percent_to_sigma(1 - f) on each schedule (numbers for the paper's window
-    given), and the window's ends 0 and 1 take every sigma on that side (flow's first step at sigma 1 too)."""
+    """The conversion (numbers for the paper's window given): on SD and LCM the log-midpoints between table
+    entries that make 500 < t < 800 on the UNet's integer timestep, elsewhere ComfyUI's
+    percent_to_sigma(1 - f); the window's ends 0 and 1 take every sigma on that side (flow's first step
+    at sigma 1 too)."""
     window_sigmas = testbed.load_pure("direction_window").window_sigmas
     base = testbed.tiny_model("sd15")
-    expected = {"sd": (1.6156, 5.0924), "edm": (0.4899, 13.28), "flow": (0.75, 0.9231)}
+    expected = {"sd": (1.6210, 5.0994), "edm": (0.4899, 13.28), "flow": (0.75, 0.9231)}
     for schedule in ("sd", "lcm", "edm", "flow"):
         sampling = with_schedule(base, schedule).get_model_object("model_sampling")
         low, high = window_sigmas(sampling, START, END)
-        assert (low, high) == (float(sampling.percent_to_sigma(0.5)), float(sampling.percent_to_sigma(1 - 0.8)))
+        if schedule in DISCRETE:
+            # The switching points of timestep(): the last table sigma fed t <= 500 and the first fed t >= 800.
+            for bound, t_out in ((low, 500), (high, 800)):
+                fed = [int(sampling.timestep(torch.tensor([s])).item()) for s in (bound * 0.9999, bound * 1.0001)]
+                assert (fed[0] <= t_out < fed[1]) if t_out == 500 else (fed[0] < t_out <= fed[1]), (schedule, fed)
+        else:
+            assert (low, high) == (float(sampling.percent_to_sigma(0.5)), float(sampling.percent_to_sigma(1 - 0.8)))
         if schedule in expected:
             assert (low, high) == pytest.approx(expected[schedule], rel=1e-3)
         assert window_sigmas(sampling, 0.0, 1.0) == (-math.inf, math.inf)
-    # On the discrete SD schedule the bounds are sigma(f * 999), log-linear between integer timesteps.
+    # 0.57 * 1000 is 569.999... in floats: t = 570 must still be outside 0.57T < t.
     sd = base.get_model_object("model_sampling")
-    assert window_sigmas(sd, START, END) == pytest.approx(
-        (sd.sigma(torch.tensor(499.5)).item(), sd.sigma(torch.tensor(799.2)).item()), rel=1e-6)
+    assert window_sigmas(sd, 0.57, 0.8)[0] == pytest.approx(sd.sigma(torch.tensor(570.5)).item(), rel=1e-6)
+    # A window between two LCM table timesteps (39 and 59) holds no timestep the model can be fed.
+    lcm = with_schedule(base, "lcm").get_model_object("model_sampling")
+    low, high = window_sigmas(lcm, 0.04, 0.05)
+    assert low > high
 
 
 @pytest.mark.parametrize("schedule", ["lcm", "edm", "flow"])
@@ -143,11 +166,11 @@ def test_model_sampling_node_after_apply_is_honoured(sae, schedule):
     rec = SigmaRecorder()
     patched = rec.install(base, lambda m: with_schedule(apply(sae, m, d), schedule))
     run(patched)
-    low, high = expected_window(patched)
-    check_exact(rec, low, high)
-    if schedule != "lcm":  # LCM keeps SD's sigmas: the two conversions agree to a fraction of a step
-        sd_low, sd_high = expected_window(base)
-        assert any((low < s < high) != (sd_low < s < sd_high) for s, _, _ in rec.events)
+    is_inside = expected_inside(patched, schedule in DISCRETE)
+    check_exact(rec, is_inside)
+    if schedule != "lcm":  # LCM keeps SD's sigmas: the two conversions agree
+        sd_inside = expected_inside(base, True)
+        assert any(is_inside(s) != sd_inside(s) for s, _, _ in rec.events)
 
 
 def turbo_sigmas(model, steps):
@@ -176,7 +199,7 @@ def test_warns_once_per_run_when_no_evaluation_is_inside(sae, caplog):
     (first,) = window_warnings(caplog)
     message = first.getMessage()
     assert message.startswith("Apply Latent Direction: no model evaluation")
-    assert "0.5*T < t < 0.8*T" in message and "1.616 < sigma < 5.092" in message
+    assert "0.5*T < t < 0.8*T" in message and "1.621 < sigma < 5.099" in message
     assert f"Sigmas evaluated: {sigmas[0].item():.4g}, {sigmas[1].item():.4g}." in message
     assert rec.events and not any(e[2] for e in rec.events), "nothing is edited"
 
@@ -211,8 +234,9 @@ HOST_READS = {"tolist", "item", "__bool__", "__float__", "__int__", "__index__",
 
 
 def test_one_host_read_per_model_evaluation(sae):
-    """Two chained Apply nodes on all 16 layers, sampled with heun: the pack's code reads a tensor back to
-    the host (a device sync on a GPU) exactly once per UNet call, whatever the number of patches and layers.
+    """Two chained Apply nodes on all 16 layers, sampled with heun: once each window is converted on the
+    schedule (a few reads once per schedule), the pack's code reads a tensor back to the host (a device sync
+    on a GPU) exactly once per UNet call, whatever the number of patches and layers.
     Counted with a TorchFunctionMode scoped to the sampling call, attributing each read to the Python file
     that asked for it."""
     import sys
@@ -238,6 +262,8 @@ def test_one_host_read_per_model_evaluation(sae):
     counted = model.clone()
     counted.set_model_unet_function_wrapper(lambda f, p: evaluations.append(1) or f(p["input"], p["timestep"], **p["c"]))
     patched = apply(sae, apply(sae, counted, d), d, start=0.3, end=0.9)
+    run(patched, steps=3, sampler="heun")  # converts each window on this schedule once (cached per schedule)
+    evaluations.clear()
     with CountHostReads() as mode:
         run(patched, steps=4, sampler="heun")
     assert len(evaluations) == 7  # heun: 2 evaluations per step but the last
