@@ -108,8 +108,10 @@ def swap_time_share(model_name: str, swapped, pos, neg, samples, batch_index, ru
     for key, patch in list(replaces.items()):
         if isinstance(patch, swap_patch.SelfAttentionSwapPatch):
             attention = patch.inner or swap_patch._optimized_attention
+            # The node's own SwapWindow, shared by every layer as in the node: one decision per UNet call.
             replaces[key] = Clock(swap_patch.SelfAttentionSwapPatch(patch.start, patch.end, patch.edit_chunks,
-                                                                     inner=Clock(attention, inner)), outer)
+                                                                     inner=Clock(attention, inner),
+                                                                     window=patch.window), outer)
     _sample_pair(model_name, clocked, pos, neg, samples, batch_index)  # warm-up
     shares, own = [], []
     for _ in range(runs):
