@@ -33,8 +33,10 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
                  "--disable-quic", "--disable-extensions"]
 # Console messages of the stock front end on a fresh user folder that have nothing to do with the pack:
-# absent optional user files (user.css, saved workflows: 404) and the blocked call to api.comfy.org.
-BENIGN = ("Failed to load resource", "api.comfy.org")
+# absent optional user files (user.css, saved workflows: 404), the blocked call to api.comfy.org, and (front
+# end 1.49.6) the page's Content Security Policy refusing the model downloads its default workflow
+# (Z-Image Turbo, from huggingface.co) looks up: this machine has no network, and the pack connects nowhere.
+BENIGN = ("Failed to load resource", "api.comfy.org", "https://huggingface.co/")
 
 
 def chromium_path() -> str | None:
