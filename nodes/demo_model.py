@@ -35,7 +35,7 @@ FORMAT = "sae-shapes-demo-1"
 # The committed demo checkpoint and its sha256 (checked at load: a corrupted or replaced file fails loudly).
 EMBEDDED_FILENAME = "shapes-demo-sd1.safetensors"
 EMBEDDED_PATH = Path(__file__).resolve().parent.parent / "models" / EMBEDDED_FILENAME
-EMBEDDED_SHA256 = "a111b60ba9b560ab2e948cc070e4347134580266367efff8cb1243c69c20554f"
+EMBEDDED_SHA256 = "238255391568eaad6abeaf15b2ee97df831b2b0475b3fd7aab78197cc66ef12c"
 
 # Sizes chosen for what a 2-core CPU can train (tools/train_shapes.py; measurements in docs/shapes-model.md).
 DEFAULT_ARCHITECTURE = {
