@@ -61,18 +61,33 @@ def window_sigmas(model_sampling, start: float, end: float) -> tuple[float, floa
     """
     table = _timestep_table(model_sampling)
     if table is not None:
-        sigmas, steps = table
-        total = steps[-1] + 1  # T: 1000 for SD and for LCM (table 19, 39, ..., 999)
-        # round(): 0.57 * 1000 is 569.9999999999999 in floats.
-        a = -math.inf if start <= 0.0 else round(start * total, 6)
-        b = math.inf if end >= 1.0 else round(end * total, 6)
-        inside = [i for i, t in enumerate(steps) if a < t < b]
-        if not inside:
-            return math.inf, -math.inf  # no timestep the model can be fed is inside: nothing is edited
-        first, last = inside[0], inside[-1]
-        low = -math.inf if first == 0 else _midpoint(sigmas, first - 1)
-        high = math.inf if last == len(steps) - 1 else _midpoint(sigmas, last)
-        return low, high
+        return _table_sigmas(table, *_timestep_bounds(table, start, end))
+    return _percent_sigmas(model_sampling, start, end)
+
+
+def _timestep_bounds(table, start: float, end: float) -> tuple[float, float]:
+    """The window in timesteps of a discrete schedule, T = its last table timestep + 1 (1000 for SD and for
+    LCM's table 19, 39, ..., 999); -inf / +inf at the schedule's ends."""
+    total = table[1][-1] + 1
+    # round(): 0.57 * 1000 is 569.9999999999999 in floats.
+    a = -math.inf if start <= 0.0 else round(start * total, 6)
+    b = math.inf if end >= 1.0 else round(end * total, 6)
+    return a, b
+
+
+def _table_sigmas(table, a: float, b: float) -> tuple[float, float]:
+    """a < t < b in sigma: the log-midpoints between the run of table entries inside and their neighbours."""
+    sigmas, steps = table
+    inside = [i for i, t in enumerate(steps) if a < t < b]
+    if not inside:
+        return math.inf, -math.inf  # no timestep the model can be fed is inside: nothing is edited
+    first, last = inside[0], inside[-1]
+    low = -math.inf if first == 0 else _midpoint(sigmas, first - 1)
+    high = math.inf if last == len(steps) - 1 else _midpoint(sigmas, last)
+    return low, high
+
+
+def _percent_sigmas(model_sampling, start: float, end: float) -> tuple[float, float]:
     low = -math.inf if start <= 0.0 else float(model_sampling.percent_to_sigma(1.0 - start))
     high = math.inf if end >= 1.0 else float(model_sampling.percent_to_sigma(1.0 - end))
     return low, high
@@ -99,14 +114,13 @@ class Window:
 
 
 def window_for(model_sampling, start: float, end: float) -> Window:
-    sigma_low, sigma_high = window_sigmas(model_sampling, start, end)
+    """The window on model_sampling's schedule (its timestep table read once)."""
     table = _timestep_table(model_sampling)
     if table is None:
-        return Window(False, sigma_low, sigma_high, sigma_low, sigma_high)
-    total = table[1][-1] + 1
-    low = -math.inf if start <= 0.0 else round(start * total, 6)
-    high = math.inf if end >= 1.0 else round(end * total, 6)
-    return Window(True, low, high, sigma_low, sigma_high)
+        low, high = _percent_sigmas(model_sampling, start, end)
+        return Window(False, low, high, low, high)
+    a, b = _timestep_bounds(table, start, end)
+    return Window(True, a, b, *_table_sigmas(table, a, b))
 
 
 def describe_window(start: float, end: float, low: float, high: float) -> str:
