@@ -16,6 +16,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
+if str(REPO) not in sys.path:
+    sys.path.append(str(REPO))  # sae_math (pure) imports as a plain package; appended: ComfyUI's `nodes` wins
 
 # attn1 widths in UNet execution order (inner = d for self-attention: to_q/to_k/to_v are (d, d)).
 # SD1.5: input 1,2 (320), 4,5 (640), 7,8 (1280), middle (1280), output 3,4,5 (1280), 6,7,8 (640),
@@ -26,13 +28,6 @@ FAMILY_WIDTHS = {
     "sd15": [320] * 2 + [640] * 2 + [1280] * 2 + [1280] + [1280] * 3 + [640] * 3 + [320] * 3,
     "sdxl": [640] * 4 + [1280] * 20 + [1280] * 10 + [1280] * 30 + [640] * 6,
 }
-
-
-def load_pure(name: str):
-    """A pure module of the pack without ComfyUI, as the tests load it (tests/testbed.load_pure)."""
-    import testbed
-
-    return testbed.load_pure(name)
 
 
 def random_layers(family: str, seed: int = 0):

@@ -1,4 +1,4 @@
-"""Benchmark of the eigen-directions: speed and accuracy of nodes/eigen.py against the float64
+"""Benchmark of the eigen-directions: speed and accuracy of sae_math/eigen.py against the float64
 reference on full-size SD1.5 (16 attn1 layers) and SDXL (70) weight sets with deterministic random fp16
 weights, the machine's matmul throughput, and the cost of a cache-hit request (hashing vs lookup).
 
@@ -23,11 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from _common import FAMILY_WIDTHS, load_pure, machine, md_table, random_layers, timed  # noqa: E402
+from _common import FAMILY_WIDTHS, machine, md_table, random_layers, timed  # noqa: E402
+from sae_math import eigen  # noqa: E402
 from testbed import principal_angles  # noqa: E402  (bench/_common puts tests/ on sys.path)
-
-eigen = load_pure("eigen")
-
 
 # ---------------------------------------------------------------------------------------------------
 # Flop model (for the achieved fraction of the measured matmul throughput). Counts multiply-adds as 2.
@@ -157,7 +155,7 @@ def bench_cache_hit(family, k, repeats):
     import testbed
     from _common import full_model
 
-    weights_mod = testbed.pack_module("nodes.weights")
+    weights_mod = testbed.pack_module("sae_patches.weights")
     t0 = time.perf_counter()
     model = full_model(family, torch.float16)
     build_s = time.perf_counter() - t0
@@ -236,7 +234,7 @@ def main(argv=None):
         import testbed
 
         testbed.load_pack()
-        weights_mod = testbed.pack_module("nodes.weights")
+        weights_mod = testbed.pack_module("sae_patches.weights")
         results["hashing"] = bench_hashing(weights_mod, args.repeats)
         print()
         print(md_table(["set", "MB (fp16 q/k/v)", "blake2b, 1 thread (old) ms", "sha256, 1 thread ms",

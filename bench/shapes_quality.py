@@ -1,7 +1,7 @@
 """Does the demo model draw what it is told? Generations measured by the shapes-world analyser.
 
 Every caption combination (72) with `--per-caption` fresh seeds each, through ComfyUI's own sampling path
-(comfy.sample.sample: the KSampler's), decoded by the model's VAE, read back by nodes/shapes_analyser.py:
+(comfy.sample.sample: the KSampler's), decoded by the model's VAE, read back by sae_math/shapes_analyser.py:
   - colour, shape and background as captioned (each, and all three), exactly one clean shape;
   - where and how large the shape is, against the training distribution (quantiles and the two-sample
     Kolmogorov-Smirnov distance, per factor).
@@ -71,8 +71,8 @@ def generate(model, clip, vae, texts, *, steps, cfg, sampler, scheduler, size, s
 
 
 def measure(images: np.ndarray, expected: list[tuple[str, str, str]], size: int) -> dict:
-    analyser = load_pack_module("shapes_analyser")
-    world = load_pack_module("shapes_world")
+    analyser = load_pack_module("sae_math.shapes_analyser")
+    world = load_pack_module("sae_math.shapes_world")
     readings = analyser.analyse_batch(images)
     n = len(readings)
     colour = np.array([r.colour == e[0] for r, e in zip(readings, expected)])
@@ -149,8 +149,8 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
-    dm = load_pack_module("demo_model")
-    world = load_pack_module("shapes_world")
+    dm = load_pack_module("sae_patches.demo_model")
+    world = load_pack_module("sae_math.shapes_world")
     path = args.checkpoint or dm.EMBEDDED_PATH
     model, clip, vae = dm.load_demo_checkpoint(path, expected_sha256=None if args.checkpoint else dm.EMBEDDED_SHA256)
     size = dm.read_architecture(path)["image_size"]

@@ -12,7 +12,7 @@
    width 320), 8 heads, one pair with CFG (4 rows): our fused swap (the attn1 replace the node installs:
    a row copy of q and k, then ComfyUI's optimized attention) against the explicit-map implementation
    the reference FPE code uses (every softmax(QK^T) map materialised, the source's maps given to the
-   target, multiplied by V; nodes/swap_math.explicit_swapped_attention) and against plain attention
+   target, multiplied by V; sae_math/swap_math.explicit_swapped_attention) and against plain attention
    without any swap. Time: medians of shuffled rounds. Peak memory above the inputs: each variant in a fresh
    subprocess, polled (bench/_common.PeakMemory).
 """
@@ -101,7 +101,7 @@ def swap_time_share(model_name: str, swapped, pos, neg, samples, batch_index, ru
     sampling_overhead.patch_time_share)."""
     import testbed
 
-    swap_patch = testbed.pack_module("nodes.swap_patch")
+    swap_patch = testbed.pack_module("sae_patches.swap_patch")
     clocked = swapped.clone()  # deep-copies model_options: its replace dicts are its own
     outer, inner = [0.0], [0.0]
     replaces = clocked.model_options["transformer_options"].get("patches_replace", {}).get("attn1", {})
@@ -149,8 +149,8 @@ def layer_functions():
     import testbed
 
     testbed.load_pack()
-    swap_patch = testbed.pack_module("nodes.swap_patch")
-    swap_math = testbed.pack_module("nodes.swap_math")
+    swap_patch = testbed.pack_module("sae_patches.swap_patch")
+    swap_math = testbed.pack_module("sae_math.swap_math")
     from comfy.ldm.modules.attention import attention_pytorch, optimized_attention
 
     extra = {"n_heads": HEADS, "cond_or_uncond": [0, 1]}  # no sigmas: the patch is active

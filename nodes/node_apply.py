@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from .direction_math import SCALES, check_alpha, parse_alphas
-from .direction_patch import LatentDirectionPatch, install_window_wrappers
-from .errors import NOT_SD_UNET, NodeInputError, model_name
-from .layers import CUSTOM_LIST_HELP, LayerInfo, select_layers
+from ..sae_math.direction_math import SCALES, check_alpha, parse_alphas
+from ..sae_math.errors import NOT_SD_UNET, NodeInputError, model_name
+from ..sae_math.layers import CUSTOM_LIST_HELP, LayerInfo, select_layers
+from ..sae_patches.direction_patch import LatentDirectionPatch, install_window_wrappers
+from ..sae_patches.weights import model_family, model_layers
 from .node_directions import CATEGORY, AttnDirectionsType
-from .weights import model_family, model_layers
 
 
 def check_window(node: str, start: float, end: float) -> str | None:

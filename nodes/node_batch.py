@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io
 
-from .errors import NodeInputError
+from ..sae_math.errors import NodeInputError
 from .node_directions import CATEGORY
 
 

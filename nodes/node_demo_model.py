@@ -9,8 +9,8 @@ import logging
 
 from comfy_api.latest import io
 
-from . import demo_model
-from .errors import NodeInputError
+from ..sae_math.errors import NodeInputError
+from ..sae_patches import demo_model
 from .node_directions import CATEGORY
 
 log = logging.getLogger("self_attention_edit")

@@ -7,10 +7,10 @@ import os
 
 from comfy_api.latest import io
 
-from .directions import AttnDirections
-from .errors import NOT_SD_UNET, NodeInputError, model_name
-from .layers import CUSTOM_LIST_HELP, LAYER_PRESETS
-from .weights import compute_directions, model_layers, solve_device
+from ..sae_math.directions import AttnDirections
+from ..sae_math.errors import NOT_SD_UNET, NodeInputError, model_name
+from ..sae_math.layers import CUSTOM_LIST_HELP, LAYER_PRESETS
+from ..sae_patches.weights import compute_directions, model_layers, solve_device
 
 log = logging.getLogger("self_attention_edit")
 

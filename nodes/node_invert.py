@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from .errors import NOT_SD_UNET, NodeInputError, model_name
-from .inversion import NODE, invert
+from ..sae_math.errors import NOT_SD_UNET, NodeInputError, model_name
+from ..sae_patches.inversion import NODE, invert
+from ..sae_patches.weights import model_layers
 from .node_directions import CATEGORY
-from .weights import model_layers
 
 # The socket the swap's `inversion` input takes (an inversion.Inversion).
 InversionType = io.Custom("SAE_INVERSION")

@@ -8,11 +8,9 @@ import math
 import torch
 from comfy_api.latest import io
 
-from .errors import NOT_SD_UNET, NodeInputError, model_name
-from .layers import CUSTOM_LIST_HELP, FPE_PRESET, LAYER_PRESETS, select_layers
-from .node_directions import CATEGORY
-from .node_invert import InversionType
-from .swap_patch import (
+from ..sae_math.errors import NOT_SD_UNET, NodeInputError, model_name
+from ..sae_math.layers import CUSTOM_LIST_HELP, FPE_PRESET, LAYER_PRESETS, select_layers
+from ..sae_patches.swap_patch import (
     CHECK_WRAPPER_KEY,
     PIN_WRAPPER_KEY,
     ROLES_WRAPPER_KEY,
@@ -24,7 +22,9 @@ from .swap_patch import (
     SwapWindow,
     expected_widths,
 )
-from .weights import model_layers, unet_of
+from ..sae_patches.weights import model_layers, unet_of
+from .node_directions import CATEGORY
+from .node_invert import InversionType
 
 ROWS = ("conditional only", "conditional and unconditional")
 FPE_LAYERS = FPE_PRESET

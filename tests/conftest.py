@@ -20,7 +20,7 @@ def pack():
 
 @pytest.fixture(scope="session")
 def sae(pack):
-    """Access to the pack's submodules: sae('nodes.eigen')."""
+    """Access to the pack's submodules: sae('sae_math.eigen'), sae('sae_patches.weights'), sae('nodes.node_apply')."""
     return testbed.pack_module
 
 
@@ -32,7 +32,7 @@ def family(request):
 @pytest.fixture(autouse=True)
 def _clean_eigen_cache(pack):
     """Each test starts with an empty directions cache (the cache itself is tested explicitly)."""
-    testbed.pack_module("nodes.weights").EIGEN_CACHE.clear()
+    testbed.pack_module("sae_patches.weights").EIGEN_CACHE.clear()
     yield
 
 from conftest_server import *  # noqa: E402,F401,F403  (real-server fixtures, marker `server`)

@@ -3,10 +3,7 @@
 import pytest
 import torch
 
-import testbed
-
-attention_rows = testbed.load_pure("attention_rows")
-direction_math = testbed.load_pure("direction_math")
+from sae_math import attention_rows, direction_math
 
 
 @pytest.mark.parametrize(("rows", "unet_rows", "tiles"), [(4, 4, 1), (16, 4, 4), (6, 2, 3)])

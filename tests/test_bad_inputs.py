@@ -34,7 +34,7 @@ def swap(sae, model, start=0.0, end=0.8, inversion=None):
 
 def expect_error(sae, fn, node_name, input_name, *advice):
     """Run fn; it must raise the pack's NodeInputError naming node and input, with every advice phrase."""
-    errors = sae("nodes.errors")
+    errors = sae("sae_math.errors")
     with pytest.raises(errors.NodeInputError) as info:
         fn()
     msg = str(info.value)
@@ -229,7 +229,7 @@ def test_corrupt_or_foreign_safetensors_given_to_the_loader(sae, tmp_path):
     import folder_paths
     from safetensors.torch import save_file
 
-    directions = sae("nodes.directions")
+    directions = sae("sae_math.directions")
     loader = node(sae, "node_directions", "LoadAttentionDirections")
     folder = tmp_path / "attention_directions"
     folder.mkdir()

@@ -238,7 +238,7 @@ CHART_STATE = """(id) => {
 
 
 # Self-attention layers of the demo model the example workflows load: 3 input blocks, the middle block and
-# 6 output blocks (nodes/demo_model.py DEFAULT_ARCHITECTURE).
+# 6 output blocks (sae_patches/demo_model.py DEFAULT_ARCHITECTURE).
 DEMO_LAYERS = 10
 
 

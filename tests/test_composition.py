@@ -255,7 +255,7 @@ def test_sag_after_swap_takes_the_middle_layer_documented(bed):
     base = bed["model"]
     before = ours(bed, "swap", core(sag.SelfAttentionGuidance, base, 0.5, 2.0))
     after = core(sag.SelfAttentionGuidance, ours(bed, "swap", base), 0.5, 2.0)
-    patch_cls = bed["sae"]("nodes.swap_patch").SelfAttentionSwapPatch
+    patch_cls = bed["sae"]("sae_patches.swap_patch").SelfAttentionSwapPatch
     rep_before = before.model_options["transformer_options"]["patches_replace"]["attn1"]
     rep_after = after.model_options["transformer_options"]["patches_replace"]["attn1"]
     assert isinstance(rep_before[("middle", 0, 0)], patch_cls)

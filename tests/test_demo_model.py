@@ -14,9 +14,7 @@ import testbed
 
 sys.path.insert(0, str(testbed.REPO))
 from bench import shapes_quality  # noqa: E402
-
-world = testbed.load_pure("shapes_world")
-analyser = testbed.load_pure("shapes_analyser")
+from sae_math import shapes_world as world
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +25,7 @@ def demo(sae):
 
 @pytest.fixture(scope="module")
 def dm(sae):
-    return sae("nodes.demo_model")
+    return sae("sae_patches.demo_model")
 
 
 def test_embedded_file_matches_its_sha256_and_records_how_it_was_made(dm):
@@ -69,7 +67,7 @@ def test_comfyui_sees_an_sd1x_model(demo, sae):
     model, clip, vae = demo
     assert isinstance(model.model.latent_format, comfy.latent_formats.SD15)
     assert isinstance(model.model.model_sampling, comfy.model_sampling.EPS)
-    layers = sae("nodes.weights").model_layers(model)
+    layers = sae("sae_patches.weights").model_layers(model)
     assert {layer.block[0] for layer in layers} == {"input", "middle", "output"}
     assert {layer.level for layer in layers} == {0, 1, 2}  # self-attention at every level and in the middle
     image = torch.from_numpy(world.image(3, 0, 64)[0][None].astype(np.float32) / 255.0)

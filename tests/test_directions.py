@@ -162,7 +162,7 @@ def test_apply_nodes_chain_and_compose_with_other_attn1_patches(sae):
 def test_lora_patched_weights_give_other_directions_and_the_cache_follows(sae):
     """A weight patch on attn1 changes the directions; whichever clone was loaded last, each clone gets
     the directions of its own weights, and the cache never serves stale ones."""
-    weights = sae("nodes.weights")
+    weights = sae("sae_patches.weights")
     model = testbed.tiny_model("sd15")
     key = "diffusion_model.middle_block.1.transformer_blocks.0.attn1.to_k.weight"
     w = model.model.diffusion_model.middle_block[1].transformer_blocks[0].attn1.to_k.weight
@@ -201,7 +201,7 @@ def test_every_family_samples_with_an_edit(sae, family):
 
 
 def test_save_and_load_round_trip(sae, tmp_path):
-    directions = sae("nodes.directions")
+    directions = sae("sae_math.directions")
     model = testbed.tiny_model("sdxl")
     d = compute(sae, model, "lowest resolution", 3)
     path = tmp_path / "d.safetensors"
@@ -219,7 +219,7 @@ def test_directions_do_not_depend_on_what_ran_before(sae):
     """The eigen cache is keyed by (weights, k): asking for k=3 after k=6 computes k=3 afresh instead of
     slicing the k=6 answer, so a workflow gives bit-identical directions whatever ran before it; a k
     larger than a layer's width (clamped) is still served from the cache."""
-    weights = sae("nodes.weights")
+    weights = sae("sae_patches.weights")
     model = testbed.tiny_model("sd15")
     fresh = compute(sae, model, "middle block", 3)
     weights.EIGEN_CACHE.clear()

@@ -4,8 +4,7 @@ import pytest
 import torch
 
 import testbed
-
-eigen = testbed.load_pure("eigen")
+from sae_math import eigen
 
 
 def random_layer(d, inner=None, seed=0, dtype=torch.float16):

@@ -1,4 +1,4 @@
-"""SciPy's float64 top-k eigensolver (nodes/eigen.py scipy_eigenpairs_f64, method "scipy-f64") against
+"""SciPy's float64 top-k eigensolver (sae_math/eigen.py scipy_eigenpairs_f64, method "scipy-f64") against
 the torch float64 reference and the fast path, on the matrices of the accuracy tests. Correctness only:
 whether it is faster is measured by bench/eigendirections.py."""
 
@@ -6,8 +6,7 @@ import pytest
 import torch
 
 import testbed
-
-eigen = testbed.load_pure("eigen")
+from sae_math import eigen
 
 
 def random_layer(d, seed):

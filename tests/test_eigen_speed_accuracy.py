@@ -1,4 +1,4 @@
-"""The fast eigensolver of nodes/eigen.py against a float64 reference on real-width random fp16 layers:
+"""The fast eigensolver of sae_math/eigen.py against a float64 reference on real-width random fp16 layers:
 accuracy per direction and eigenvalue, the output contract, and every hand-over of the method chain
 (shift-invert -> dense-f32 -> float64 reference). Correctness only: timings live in bench/."""
 
@@ -6,11 +6,10 @@ import pytest
 import torch
 
 import testbed
+from sae_math import eigen
 
 ANGLE = 1e-4  # radians, per direction
 VALUE_RTOL = 1e-5
-
-eigen = testbed.load_pure("eigen")
 
 
 def random_layer(d, seed):

@@ -10,7 +10,7 @@ import testbed
 
 
 def inversion(sae):
-    return sae("nodes.inversion")
+    return sae("sae_patches.inversion")
 
 
 def node(sae):
@@ -160,7 +160,7 @@ def test_cfg_above_one_runs_and_differs_from_cfg_one(sae):
     assert torch.isfinite(guided["samples"]).all()
     assert (guided["samples"] - plain["samples"]).abs().mean() > 1e-3
     assert inv1.cfg == 1.0 and inv3.cfg == 3.0
-    errors = sae("nodes.errors")
+    errors = sae("sae_math.errors")
     with pytest.raises(errors.NodeInputError, match="Invert Latent \\(DDIM\\): input 'negative'.*cfg = 3.0"):
         node(sae).execute(model, pos, latent, 4, "normal", 3.0, None)
 

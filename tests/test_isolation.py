@@ -147,7 +147,7 @@ def test_clones_share_no_mutable_state(sae):
     mine = {id(c): p for p, c in containers(patched.model_options)}
     shared = [p for p, c in containers(clone.model_options) if id(c) in mine]
     assert not shared, shared
-    direction_cls = sae("nodes.direction_patch").LatentDirectionPatch
+    direction_cls = sae("sae_patches.direction_patch").LatentDirectionPatch
     for p in clone.model_options["transformer_options"]["patches"]["attn1_patch"]:
         if isinstance(p, direction_cls):
             for v in p.vectors.values():
@@ -188,7 +188,7 @@ def test_patch_objects_follow_device_and_dtype_moves(sae):
     moved.model_patches_to(torch.device("meta"))
     moved.model_patches_to(torch.float16)
     to = moved.model_options["transformer_options"]
-    direction_cls = sae("nodes.direction_patch").LatentDirectionPatch
+    direction_cls = sae("sae_patches.direction_patch").LatentDirectionPatch
     ours = [p for p in to["patches"]["attn1_patch"] if isinstance(p, direction_cls)]
     assert ours and all(v.device.type == "meta" and v.dtype == torch.float32 for p in ours for v in p.vectors.values())
     inner = to["patches_replace"]["attn1"][("middle", 0, 0)].inner

@@ -8,10 +8,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from testbed import load_pure
-
-world = load_pure("shapes_world")
-analyser = load_pure("shapes_analyser")
+from sae_math import shapes_analyser as analyser
+from sae_math import shapes_world as world
 
 
 def test_a_scene_is_a_pure_function_of_seed_and_index():

@@ -40,7 +40,7 @@ def low_freq_distance(a, b):
 def test_fused_swap_equals_explicit_map_swap_on_real_unet_calls(sae, family):
     """On every swapped layer of real UNet calls, the patch output equals softmax(Qs Ks^T / sqrt d) V_t
     computed explicitly from the same q, k, v (within 1e-5)."""
-    math_ = sae("nodes.swap_math")
+    math_ = sae("sae_math.swap_math")
     model = testbed.tiny_model(family)
     patched = swap(sae, model)
     checked = []
@@ -138,7 +138,7 @@ def test_swap_is_active_exactly_on_chosen_layers_and_steps(sae, sampler):
     steps = 10
     testbed.sample(patched, pair_cond(sae, "sd15", 1, 2), testbed.tiny_conditioning("sd15", 3), pairs(sae)["samples"],
                    batch_index=[0, 0], steps=steps, sampler=sampler)
-    sigmas = sae("nodes.inversion").forward_sigmas(model, "normal", steps)
+    sigmas = sae("sae_patches.inversion").forward_sigmas(model, "normal", steps)
     cutoff = float(sigmas[8])  # steps 0..7 of 10 are the first 80%
     fpe = {"input.4.0", "input.5.0", "input.7.0", "input.8.0", "middle.0.0", "output.3.0", "output.4.0",
            "output.5.0", "output.6.0", "output.7.0", "output.8.0"}

@@ -113,8 +113,8 @@ def test_an_attention_override_runs_on_swapped_layers(sae):
     swapped = swap(sae, other)
     cond, neg, lat = pair_cond(sae, "sd15", 1, 2), testbed.tiny_conditioning("sd15", 3), pairs_latent(sae)
     out = testbed.sample(swapped, cond, neg, lat["samples"], batch_index=lat["batch_index"], steps=2)
-    layers = sae("nodes.weights").model_layers(model)
-    fpe = {x.patch_key for x in sae("nodes.layers").select_layers(layers, FPE)}
+    layers = sae("sae_patches.weights").model_layers(model)
+    fpe = {x.patch_key for x in sae("sae_math.layers").select_layers(layers, FPE)}
     assert len(fpe) == 11
     assert fpe <= seen, sorted(fpe - seen)
     plain = testbed.sample(swap(sae, model), cond, neg, lat["samples"], batch_index=lat["batch_index"], steps=2)
@@ -219,7 +219,7 @@ def test_fpe_default_layers_follow_the_image(sae, family):
     attention at latent resolution) its level-2 layers, leaving level 1 (latent/2). Sampled at latent
     16x16 and 32x32, the same layers are swapped, and the token counts observed obey the rule."""
     model = testbed.tiny_model(family)
-    layers = sae("nodes.weights").model_layers(model)
+    layers = sae("sae_patches.weights").model_layers(model)
     highest = min(x.level for x in layers)
     expected = {x.key for x in layers if x.level > highest}
     if family == "sd15":
@@ -368,7 +368,7 @@ def test_pinning_matches_the_per_row_reference(sae, dtype, images):
     """The vectorised pin writes exactly what the per-row reference writes, for sigmas below, at, between
     and above the stored points, one or several inverted images, two cond chunks, float32 and float16
     trajectories."""
-    pin_cls = sae("nodes.swap_patch").PinSourceToTrajectory
+    pin_cls = sae("sae_patches.swap_patch").PinSourceToTrajectory
     g = torch.Generator().manual_seed(0)
     stored = torch.tensor([1e-4, 0.05, 0.3, 1.2, 4.0, 14.6], dtype=torch.float32)
     latents = torch.randn(6, images, 4, 8, 8, generator=g).to(dtype)
@@ -398,7 +398,7 @@ def test_chunk_roles_name_conds_by_identity():
     [positive, negative], DualCFG's [negative, middle, positive], SAG's [negative]; a skipped entry
     (None) has no role; an entry that is a copy makes the roles unknown (None), and unknown roles fall
     back to the CFG order (0 positive, 1 negative)."""
-    rows = testbed.load_pure("attention_rows")
+    from sae_math import attention_rows as rows
     pos, neg, mid = [{"a": 1}], [{"a": 1}], [{"a": 2}]
     conds = {"positive": pos, "negative": neg, "middle": mid}
     assert rows.chunk_roles([pos, neg], conds) == ("positive", "negative")
@@ -416,7 +416,7 @@ def test_fpe_layers_drop_the_highest_attention_level_only():
     """fpe_layers keeps every level below the highest-resolution level that has self-attention: levels
     1-3 when attention starts at the latent resolution (SD1.x/2.x), level 2 when it starts at latent/2
     (SDXL); a single-level model keeps nothing."""
-    layers = testbed.load_pure("layers")
+    from sae_math import layers
 
     def info(key, level):
         return layers.LayerInfo(key=key, module_path=key, width=8, level=level)
@@ -432,7 +432,7 @@ def test_fpe_layers_drop_the_highest_attention_level_only():
 def test_sigma_window_bounds():
     """An evaluation exactly at the start bound is in, exactly at the end bound out (float32 rounding
     absorbed); end 1.0 (sigma bound 0) keeps every positive sigma."""
-    math_ = testbed.load_pure("swap_math")
+    from sae_math import swap_math as math_
     assert math_.sigma_in_window(5.0, 1.0, 5.0) and math_.sigma_in_window(5.0000001, 1.0, 5.0)
     assert not math_.sigma_in_window(1.0, 1.0, 5.0) and not math_.sigma_in_window(1.0000001, 1.0, 5.0)
     assert not math_.sigma_in_window(5.1, 1.0, 5.0)

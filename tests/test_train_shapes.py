@@ -86,7 +86,7 @@ def test_exported_file_loads_as_a_demo_model(train, tmp_path, sae):
     train.stage_unet(args_for(tmp_path, steps=1), arch)
     out = tmp_path / "demo.safetensors"
     train.stage_export(argparse.Namespace(run_dir=tmp_path, out=str(out)), arch)
-    dm = sae("nodes.demo_model")
+    dm = sae("sae_patches.demo_model")
     assert dm.read_architecture(out) == arch
     model, clip, vae = dm.load_demo_checkpoint(out)
     assert model.model.diffusion_model.input_blocks[0][0].weight.dtype == torch.float32  # CPU computes in fp32

@@ -215,7 +215,7 @@ def _lora_on_quantized_weights_is_applied_once(sae, kind):
     assert_same_directions(before, compute(sae, expected, "middle block"))
     testbed.sample(lora, testbed.tiny_conditioning("sd15", 1), testbed.tiny_conditioning("sd15", 2),
                    testbed.empty_latent(1), steps=2)
-    sae("nodes.weights").EIGEN_CACHE.clear()  # recompute from the weights, not from the cache
+    sae("sae_patches.weights").EIGEN_CACHE.clear()  # recompute from the weights, not from the cache
     after = compute(sae, lora, "middle block")
     assert torch.equal(after.layers[0].vectors, before.layers[0].vectors)
     assert torch.equal(after.layers[0].values, before.layers[0].values)
@@ -227,7 +227,7 @@ def test_one_layer_comes_back_in_one_dtype_on_one_device(sae):
     """fp16 originals beside a patched (float32) to_k: all three come back float32 on the solve device,
     the originals upcast exactly; an unpatched layer keeps its stored fp16 (hashed as stored). The
     directions are those of the float64 eigendecomposition of exactly these weights."""
-    weights = sae("nodes.weights")
+    weights = sae("sae_patches.weights")
     model = testbed.tiny_model("sd15", dtype=torch.float16)
     attn = model.model.diffusion_model.middle_block[1].transformer_blocks[0].attn1
     key = PREFIX + "middle_block.1.transformer_blocks.0.attn1.to_k.weight"
@@ -275,7 +275,7 @@ def test_solve_device_follows_the_configuration_not_the_residency(sae):
     """The solve device is the MODEL's load device when it is a usable CUDA device, else the CPU: a
     patcher configured for a GPU on a machine without one (or an MPS/other load device) solves on the
     CPU, with the same answer as the CPU patcher."""
-    weights = sae("nodes.weights")
+    weights = sae("sae_patches.weights")
     c = comfy()
     model = testbed.tiny_model("sd15")
     assert weights.solve_device(model) == torch.device("cpu")
@@ -294,7 +294,7 @@ def test_cache_keeps_answers_of_different_solve_devices_apart(sae):
     """An answer cached for another solve device (same weights, same k) is never served: a GPU answer
     and a CPU answer differ in the last bits, and which one a workflow gets must not depend on what ran
     before it."""
-    weights = sae("nodes.weights")
+    weights = sae("sae_patches.weights")
     model = testbed.tiny_model("sd15")
     first = compute(sae, model, "middle block", 3)
     layers = weights.select_layers(weights.model_layers(model), "middle block", "")
@@ -332,7 +332,7 @@ def test_gpu_solve_is_independent_of_residency_and_agrees_with_the_cpu(sae):
     """On a GPU-configured MODEL the directions are solved on the GPU, the same bits before and after
     the model is loaded onto it (weights then resident on the GPU, a LoRA-patched one computed there
     too), returned on the CPU, and within the solver's accuracy contract of the CPU solve."""
-    weights, eigen = sae("nodes.weights"), sae("nodes.eigen")
+    weights, eigen = sae("sae_patches.weights"), sae("sae_math.eigen")
     c = comfy()
     model = testbed.tiny_model("sd15")
     gpu = c.model_patcher.ModelPatcher(model.model, load_device=torch.device("cuda", 0),

@@ -131,7 +131,7 @@ def test_window_in_sigma_on_each_schedule(sae):
     entries that make 500 < t < 800 on the UNet's integer timestep, elsewhere ComfyUI's
     percent_to_sigma(1 - f); the window's ends 0 and 1 take every sigma on that side (flow's first step
     at sigma 1 too)."""
-    window_sigmas = testbed.load_pure("direction_window").window_sigmas
+    from sae_math.direction_window import window_sigmas
     base = testbed.tiny_model("sd15")
     expected = {"sd": (1.6210, 5.0994), "edm": (0.4899, 13.28), "flow": (0.75, 0.9231)}
     for schedule in ("sd", "lcm", "edm", "flow"):
@@ -243,7 +243,7 @@ def test_one_host_read_per_model_evaluation(sae):
 
     from torch.overrides import TorchFunctionMode
 
-    nodes_dir = str(testbed.REPO / "nodes")
+    pack_dirs = tuple(str(testbed.REPO / layer) + "/" for layer in ("sae_math", "sae_patches", "nodes"))
 
     class CountHostReads(TorchFunctionMode):
         def __init__(self):
@@ -251,7 +251,7 @@ def test_one_host_read_per_model_evaluation(sae):
             self.reads = 0
 
         def __torch_function__(self, func, types, args=(), kwargs=None):
-            if getattr(func, "__name__", "") in HOST_READS and sys._getframe(1).f_code.co_filename.startswith(nodes_dir):
+            if getattr(func, "__name__", "") in HOST_READS and sys._getframe(1).f_code.co_filename.startswith(pack_dirs):
                 self.reads += 1
             return func(*args, **(kwargs or {}))
 

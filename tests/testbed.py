@@ -10,22 +10,12 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def load_pure(name: str):
-    """A pure module of the pack (nodes/<name>.py) imported by file, outside the package: a relative import
-    of the ComfyUI-facing modules would fail, so a test using it shows the module needs no ComfyUI.
-    One instance per module, shared by the tests and benchmarks that ask."""
-    import importlib.util
-
-    module_name = f"sae_pure_{name}"
-    if module_name in sys.modules:
-        return sys.modules[module_name]
-    spec = importlib.util.spec_from_file_location(module_name, REPO / "nodes" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    spec.loader.exec_module(module)
-    return module
+# The pack's pure math imports as a plain package (`import sae_math.eigen`): no ComfyUI needed, and a test
+# that imports it this way shows the module is pure (sae_patches/nodes use relative imports beyond
+# sae_math and load only as ComfyUI loads the pack: testbed.pack_module). Appended, so ComfyUI's own
+# top-level `nodes` module keeps precedence over the pack's nodes/ folder.
+if str(REPO) not in sys.path:
+    sys.path.append(str(REPO))
 
 
 def import_comfyui() -> Path:
@@ -57,7 +47,7 @@ def load_pack():
 
 
 def pack_module(name: str):
-    """A submodule of the pack as ComfyUI loaded it, e.g. pack_module('nodes.eigen')."""
+    """A submodule of the pack as ComfyUI loaded it, e.g. pack_module('sae_patches.weights')."""
     import importlib
 
     pkg = load_pack()

@@ -226,7 +226,7 @@ def write_example_image(path: Path = EXAMPLE_IMAGE) -> None:
 
     from tools.comfy_env import load_pack_module
 
-    world = load_pack_module("shapes_world")
+    world = load_pack_module("sae_math.shapes_world")
     scene = world.sample_scene(EXAMPLE_SCENE["seed"], EXAMPLE_SCENE["index"], SIZE, EXAMPLE_SCENE["factors"])
     Image.fromarray(world.render(scene, SIZE)).save(path)
 

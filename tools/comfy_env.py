@@ -39,19 +39,15 @@ def import_comfyui(path: str | os.PathLike | None = None) -> Path:
 
 
 def load_pack_module(name: str):
-    """A module of the pack's nodes/ folder imported by file, as `sae_pack_<name>`.
+    """A self-contained module of the pack (pure math in sae_math, the demo model in sae_patches) imported as
+    a plain package module, e.g. load_pack_module("sae_math.shapes_world").
 
-    ComfyUI's own top-level `nodes` module shadows the pack's `nodes` package once ComfyUI is on sys.path,
-    so tools load the pack's self-contained modules (pure math, the demo model) by file. Modules that
-    import ComfyUI need import_comfyui() first."""
-    import importlib.util
+    The repository root is appended to sys.path (ComfyUI's own top-level `nodes` module keeps precedence
+    over the pack's nodes/ folder). Modules that import ComfyUI need import_comfyui() first; modules with
+    relative imports into another of the pack's packages load only as ComfyUI loads the pack."""
+    import importlib
 
-    module_name = f"sae_pack_{name}"
-    if module_name in sys.modules:
-        return sys.modules[module_name]
-    path = Path(__file__).resolve().parent.parent / "nodes" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    spec.loader.exec_module(module)
-    return module
+    repo = str(Path(__file__).resolve().parent.parent)
+    if repo not in sys.path:
+        sys.path.append(repo)
+    return importlib.import_module(name)

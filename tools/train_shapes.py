@@ -1,4 +1,4 @@
-"""Train the shapes-world demo model (nodes/demo_model.py) on this CPU, deterministically and resumably.
+"""Train the shapes-world demo model (sae_patches/demo_model.py) on this CPU, deterministically and resumably.
 
 Stages, each resumable from its checkpoint in RUN_DIR (outside git; default <cache>/train/shapes-demo):
 
@@ -56,12 +56,12 @@ LOG_EVERY = 25
 
 
 def world():
-    return load_pack_module("shapes_world")
+    return load_pack_module("sae_math.shapes_world")
 
 
 def demo():
     import_comfyui()
-    return load_pack_module("demo_model")
+    return load_pack_module("sae_patches.demo_model")
 
 
 # ---------------------------------------------------------------------------------------------- weights

@@ -19,9 +19,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from . import eigen
-from .directions import AttnDirections, LayerDirections
-from .layers import LayerInfo, discover_layers, select_layers
+from ..sae_math import eigen
+from ..sae_math.directions import AttnDirections, LayerDirections
+from ..sae_math.layers import LayerInfo, discover_layers, select_layers
 
 log = logging.getLogger("self_attention_edit")
 

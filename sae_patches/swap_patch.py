@@ -7,9 +7,9 @@ import logging
 
 import torch
 
-from .attention_rows import POSITIVE, chunk_kinds, chunk_roles, tiles_per_unet_row
-from .errors import NodeInputError
-from .swap_math import pair_rows, row_index, sigma_in_window
+from ..sae_math.attention_rows import POSITIVE, chunk_kinds, chunk_roles, tiles_per_unet_row
+from ..sae_math.errors import NodeInputError
+from ..sae_math.swap_math import pair_rows, row_index, sigma_in_window
 
 PIN_WRAPPER_KEY = "self_attention_edit.pin_source"
 CHECK_WRAPPER_KEY = "self_attention_edit.swap_check"

@@ -23,21 +23,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-try:  # loaded by file in tests and tools (no package), as a package module inside the pack
-    from . import shapes_world as world
-except ImportError:  # pragma: no cover - exercised when loaded by file
-    import importlib.util as _util
-    import sys as _sys
-    from pathlib import Path as _Path
-
-    _name = "sae_pack_shapes_world"
-    if _name in _sys.modules:
-        world = _sys.modules[_name]
-    else:
-        _spec = _util.spec_from_file_location(_name, _Path(__file__).with_name("shapes_world.py"))
-        world = _util.module_from_spec(_spec)
-        _sys.modules[_name] = world
-        _spec.loader.exec_module(world)
+from . import shapes_world as world
 
 FOREGROUND_DISTANCE = 40.0  # RGB distance from the background that makes a pixel foreground
 MIN_SPECK = 4  # connected foreground regions smaller than this many pixels are ignored as noise

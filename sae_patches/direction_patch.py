@@ -19,9 +19,9 @@ import logging
 
 import torch
 
-from .attention_rows import tiles_per_unet_row
-from .direction_math import alpha_per_row, direction_delta
-from .direction_window import Window, WindowRun, window_for
+from ..sae_math.attention_rows import tiles_per_unet_row
+from ..sae_math.direction_math import alpha_per_row, direction_delta
+from ..sae_math.direction_window import Window, WindowRun, window_for
 
 log = logging.getLogger("self_attention_edit")
 
