@@ -12,7 +12,7 @@ import dit_testbed
 import testbed
 
 # Families whose blocks call attn1_patch (ComfyUI 0.33.0; none on 0.3.75).
-ATTN1_PATCH_FAMILIES = ("flux",)
+ATTN1_PATCH_FAMILIES = ("flux", "flux2", "chroma", "qwen_image")
 
 
 def comfyui_has_dit_attn1_patch() -> bool:
@@ -87,7 +87,7 @@ def test_attn1_patch_sees_every_image_attention_block(dit, dit_family):
     tokens after the text tokens) and joint q/k/v of shape (B, H, T + N, D); returning nothing changes
     nothing. The input MODEL is not touched."""
     if dit_family not in ATTN1_PATCH_FAMILIES:
-        pytest.skip(f"{dit_family}: core offers no attn1_patch here ({dit_testbed.DIT_NOTES[dit_family]['hooks_033']})")
+        pytest.skip(f"core offers no attn1_patch in {dit_family} blocks (attention override only; DIT_NOTES)")
     if not comfyui_has_dit_attn1_patch():
         pytest.skip("DiT attn1_patch (Flux/Qwen-Image blocks) needs ComfyUI newer than 0.3.75 (present in 0.33.0)")
     calls = []
@@ -103,12 +103,10 @@ def test_attn1_patch_sees_every_image_attention_block(dit, dit_family):
     out = _one_forward(patched, dit_family)
     assert torch.equal(out, _one_forward(dit, dit_family))
 
-    config = dit_testbed._tiny_dit_config(dit_family)
     text, img = dit_testbed.text_tokens(dit_family), dit_testbed.image_tokens(dit_family)
     heads, head_dim = dit_testbed.heads_and_head_dim(dit_family)
-    expected = [("double", i) for i in range(config.get("depth", config.get("num_layers", 0)))]
-    expected += [("single", i) for i in range(config.get("depth_single_blocks", 0))]
-    assert [(c[0], c[1]) for c in calls] == expected  # one model call: cond+uncond batched
+    # One model call (cond and uncond rows batched), every double block then every single block.
+    assert [(c[0], c[1]) for c in calls] == dit_testbed.indexed_attention_calls(dit_family)
     for block_type, index, img_slice, q, k, v in calls:
         assert img_slice == [text, text + img], (block_type, index)
         assert q == k == v == (2, heads, text + img, head_dim)
@@ -134,3 +132,39 @@ def test_attention_override_called_per_block(dit, dit_family):
     indexed = [(t, i) for t, i, _ in calls if i is not None]
     if indexed:
         assert indexed == dit_testbed.indexed_attention_calls(dit_family)
+
+
+# Families whose forward offers patches_replace["dit"] block replaces (Lumina2/Z-Image does not).
+BLOCK_REPLACE_FAMILIES = ("flux", "flux2", "chroma", "qwen_image", "sd3")
+
+
+def test_block_replace_identifies_attention_calls(dit, dit_family):
+    """A patches_replace['dit'] wrapper on every block (set on a clone, calling original_block) brackets
+    exactly one attention-override call each, in block order, so the override knows its block even where
+    transformer_options carries no block_index (SD3); the sample stays bit-identical."""
+    if dit_family not in BLOCK_REPLACE_FAMILIES:
+        pytest.skip(f"{dit_family}: core offers no patches_replace['dit'] block replaces")
+    current, seen = [], []
+
+    def wrapper_for(kind, index):
+        def replace(args, extra):
+            current.append((kind, index))
+            try:
+                return extra["original_block"](args)
+            finally:
+                current.pop()
+        return replace
+
+    def override(func, *args, **kwargs):
+        seen.append(current[-1] if current else None)
+        return func(*args, **kwargs)
+
+    patched = dit.clone()
+    blocks = [(t, i) for t, i in dit_testbed.indexed_attention_calls(dit_family)] or [
+        ("double", i) for i in range(dit_testbed.attention_calls_per_forward(dit_family))]
+    for kind, index in blocks:
+        patched.set_model_patch_replace(wrapper_for(kind, index), "dit", f"{kind}_block", index)
+    patched.model_options["transformer_options"]["optimized_attention_override"] = override
+    out = _one_forward(patched, dit_family)
+    assert torch.equal(out, _one_forward(dit, dit_family))
+    assert seen == blocks
