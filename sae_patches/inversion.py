@@ -23,10 +23,11 @@ predicts):
   - eps-models: e is the predicted noise: DDIM inversion exactly.
   - v-prediction (SD2-v): e = (x_eval - D)/sigma_hi = sqrt(1 - a) x_vp + sqrt(a) v, the eps DDIM derives
     from v at t_hi: DDIM inversion for v-models too.
-  - rectified flow (CONST, c_in = 1): x_eval = x_lo and e = v, the velocity at (x_lo, sigma_hi): the
-    exact inverse of ComfyUI's Euler step with v frozen at sigma_hi. RF-Inversion's plain variant uses
-    v(x_lo, sigma_lo) (Euler over the flipped schedule); both are first order, ours mirrors the step it
-    undoes and never needs v at sigma 0.
+  - rectified flow (CONST): not this step. With c_in = 1 it would read the velocity v(x_lo, sigma_hi),
+    a point of one level in the velocity field of another, which is not exact even when the flow's paths
+    are straight. Flow models get the flow ODE run backwards instead (sae_math/flow_inversion.py: Euler
+    over the flipped schedule, v at the point and level we have, the first step from sigma 0 solved as
+    the exact inverse of the forward's last step); `invert` picks it from the model_sampling.
 
 The model runs through ComfyUI's own sampling (sample_custom -> CFGGuider -> a KSAMPLER with the sampler
 function below), so cfg, patches, wrappers and model loading work as in sampling. The math at the top
@@ -34,11 +35,17 @@ needs only torch."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
 
+from ..sae_math.flow_inversion import flow_inversion_step, invert_first_step, velocity
+
 NODE = "Invert Latent (DDIM)"
+# Fixed-point iterations for a flow model's first inversion step (each one model evaluation; it stops
+# earlier once converged, see invert_first_step).
+FLOW_FIRST_STEP_ITERATIONS = 8
 
 
 def eval_point(x_lo: torch.Tensor, c_in_lo, c_in_hi) -> torch.Tensor:
@@ -127,9 +134,56 @@ def _sampler_function(trajectory: list[torch.Tensor], progress, model_sampling):
     return sample_ddim_inversion
 
 
+def _flow_sampler_function(trajectory: list[torch.Tensor], progress, report: dict):
+    """The sampler function for CONST (rectified-flow) models: the flow ODE integrated from sigma 0
+    upwards (sae_math/flow_inversion.py). report gets the first step's fixed-point evaluations and
+    residual (logged by invert)."""
+    import comfy.model_management
+
+    @torch.no_grad()
+    def sample_flow_inversion(model, x, sigmas, extra_args=None, callback=None, disable=None):
+        extra_args = {} if extra_args is None else extra_args
+        s_in = x.new_ones([x.shape[0]])
+        trajectory.append(x.detach().cpu().clone())
+        for i in range(len(sigmas) - 1):
+            comfy.model_management.throw_exception_if_processing_interrupted()
+            lo, hi = sigmas[i], sigmas[i + 1]
+            if lo > 0:
+                denoised = model(x, lo * s_in, **extra_args)
+                x_new = flow_inversion_step(x, velocity(x, denoised, lo), lo, hi)
+            else:
+                # v cannot be read at sigma 0 (D = x there): solve the forward's last step instead.
+                seen = []
+
+                def velocity_at(point, hi=hi):
+                    d = model(point, hi * s_in, **extra_args)
+                    seen.append(d)
+                    return velocity(point, d, hi)
+
+                x_new, used, residual = invert_first_step(x, hi, velocity_at, FLOW_FIRST_STEP_ITERATIONS)
+                report.update(evaluations=used, residual=residual)
+                denoised = seen[-1]
+            if callback is not None:
+                callback({"x": x, "i": i, "sigma": hi, "sigma_hat": hi, "denoised": denoised})
+            x = x_new
+            trajectory.append(x.detach().cpu().clone())
+            progress.update(1)
+        return x
+
+    return sample_flow_inversion
+
+
+def is_flow(model_sampling) -> bool:
+    """Whether a model_sampling is rectified flow (CONST: x = (1 - sigma) x0 + sigma n, velocity output)."""
+    import comfy.model_sampling
+
+    return isinstance(model_sampling, comfy.model_sampling.CONST)
+
+
 def invert(model, positive, latent: torch.Tensor, steps: int, scheduler: str, cfg: float = 1.0,
            negative=None) -> tuple[torch.Tensor, Inversion]:
-    """DDIM-invert `latent` (LATENT space, (N, C, H, W)) over the schedule `steps`/`scheduler` of `model`.
+    """Invert `latent` (LATENT space, (N, C, H, W)) over the schedule `steps`/`scheduler` of `model`: DDIM
+    inversion on eps/v models, the reversed flow ODE on rectified-flow (CONST) models.
     Returns (x at sigma_max in LATENT space, the recorded Inversion). negative: needed when cfg != 1."""
     import comfy.sample
     import comfy.samplers
@@ -139,13 +193,21 @@ def invert(model, positive, latent: torch.Tensor, steps: int, scheduler: str, cf
     trajectory: list[torch.Tensor] = []
     progress = comfy.utils.ProgressBar(len(sigmas) - 1)
     model_sampling = model.get_model_object("model_sampling")
-    sampler = comfy.samplers.KSAMPLER(_sampler_function(trajectory, progress, model_sampling))
+    report: dict = {}
+    if is_flow(model_sampling):
+        sampler = comfy.samplers.KSAMPLER(_flow_sampler_function(trajectory, progress, report))
+    else:
+        sampler = comfy.samplers.KSAMPLER(_sampler_function(trajectory, progress, model_sampling))
     latent = comfy.sample.fix_empty_latent_channels(model, latent)
     noise = torch.zeros_like(latent)  # noise_scaling at sigma 0 keeps the latent as it is
     comfy.sample.sample_custom(model, noise, cfg, sampler, sigmas, positive,
                                positive if negative is None else negative, latent, disable_pbar=True, seed=0)
     # The output is taken from the trajectory, not from sample_custom's return value: KSAMPLER applies
     # inverse_noise_scaling at the last sigma, which divides by (1 - sigma) = 0 for flow models at sigma 1.
+    if report:
+        logging.getLogger("self_attention_edit").info(
+            "%s: flow model; first step solved in %d evaluation(s), last update %.3g", NODE,
+            report["evaluations"], report["residual"])
     latents = torch.stack(trajectory)
     noise_out = model.model.process_latent_out(latents[-1].to(latent.device)).to(latent)
     return noise_out, Inversion(sigmas.double(), latents, steps, scheduler, float(cfg))
