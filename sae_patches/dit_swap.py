@@ -225,7 +225,7 @@ def install_joint_swap(m, hook: str, layers, window, diffusion_model=None) -> No
     inner = to.get("optimized_attention_override")
     if hook == "mmdit":
         replaces = to.get("patches_replace", {}).get("dit", {})
-        for block_type, i in sorted(layers):
+        for _block_type, i in sorted(layers):
             key = ("double_block", i)
             m.set_model_patch_replace(MMDiTBlockMarker(i, replaces.get(key)), "dit", "double_block", i)
         image_range = mmdit_image_range

@@ -43,9 +43,9 @@ import torch
 from ..sae_math.flow_inversion import flow_inversion_step, invert_first_step, velocity
 
 NODE = "Invert Latent (DDIM)"
-# Fixed-point iterations for a flow model's first inversion step (each one model evaluation; it stops
-# earlier once converged, see invert_first_step).
-FLOW_FIRST_STEP_ITERATIONS = 8
+# Model evaluations at most for a flow model's first inversion step (Anderson-accelerated fixed point;
+# it stops earlier once converged, see invert_first_step).
+FLOW_FIRST_STEP_ITERATIONS = 12
 
 
 def eval_point(x_lo: torch.Tensor, c_in_lo, c_in_hi) -> torch.Tensor:
@@ -153,9 +153,9 @@ def _flow_sampler_function(trajectory: list[torch.Tensor], progress, report: dic
                 x_new = flow_inversion_step(x, velocity(x, denoised, lo), lo, hi)
             else:
                 # v cannot be read at sigma 0 (D = x there): solve the forward's last step instead.
-                seen = []
+                seen: list[torch.Tensor] = []
 
-                def velocity_at(point, hi=hi):
+                def velocity_at(point, hi=hi, seen=seen):
                     d = model(point, hi * s_in, **extra_args)
                     seen.append(d)
                     return velocity(point, d, hi)
@@ -206,8 +206,31 @@ def invert(model, positive, latent: torch.Tensor, steps: int, scheduler: str, cf
     # inverse_noise_scaling at the last sigma, which divides by (1 - sigma) = 0 for flow models at sigma 1.
     if report:
         logging.getLogger("self_attention_edit").info(
-            "%s: flow model; first step solved in %d evaluation(s), last update %.3g", NODE,
+            "%s: flow model; first step solved in %d evaluation(s), residual %.3g", NODE,
             report["evaluations"], report["residual"])
     latents = torch.stack(trajectory)
     noise_out = model.model.process_latent_out(latents[-1].to(latent.device)).to(latent)
     return noise_out, Inversion(sigmas.double(), latents, steps, scheduler, float(cfg))
+
+
+FLOW_START_WRAPPER_KEY = "self_attention_edit.flow_start"
+
+
+class FlowStartFromLatent:
+    """WrappersMP.SAMPLER_SAMPLE wrapper for sampling forward from an inverted latent on a rectified-flow
+    model. KSAMPLER starts at model_sampling.noise_scaling(sigma_max, noise, latent), which on CONST is
+    sigma_max * noise + (1 - sigma_max) * latent: at sigma_max = 1 (Flux, SD3, Qwen, Z-Image schedules)
+    the latent is multiplied by 0, so "add_noise disabled" starts from zeros, not from the inversion.
+    With a zero noise (add_noise disabled) on a CONST model this passes the latent as the noise too, so
+    the sampler starts at noise_scaling(s, L, L) = L exactly, for any sigma_max; any other sampling is
+    left as it is. One host read per sampling run. Immutable."""
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def __call__(self, executor, guider, sigmas, extra_args, callback, noise, latent_image, *args, **kwargs):
+        sampling = getattr(getattr(guider, "inner_model", None), "model_sampling", None)
+        if (latent_image is not None and sampling is not None and is_flow(sampling)
+                and noise.shape == latent_image.shape and not bool(noise.any())):
+            noise = latent_image.to(noise)
+        return executor(guider, sigmas, extra_args, callback, noise, latent_image, *args, **kwargs)

@@ -276,9 +276,8 @@ def test_swap_changes_the_target_only_and_leaves_the_input_model_untouched(sae, 
     swapped = run(m, family, cond, neg, lat)
     assert torch.equal(swapped[0], plain[0]) and not torch.allclose(swapped[1], plain[1], atol=1e-4)
     per_forward = _dit().attention_calls_per_forward(family)
-    for call, where in zip(probe.calls[:per_forward], all_layers(family)):
+    for n, (call, where) in enumerate(zip(probe.calls[:per_forward], all_layers(family))):
         if where != layer and HOOK[family] == "attn1_patch":
-            n = probe.calls.index(call)
             q0, _ = rope(family, *pre.calls[n][:2], pre.calls[n][3])
             assert torch.equal(heads_first(call["q"], call["heads"], call["skip"]), q0), where
     assert repr(model.model_options) == before

@@ -14,10 +14,20 @@ def inversion(sae):
     return sae("sae_patches.inversion")
 
 
+def sae_module(name):
+    return testbed.pack_module(name)
+
+
 def forward(model, positive, noise, steps, scheduler="simple", cfg=1.0, negative=None):
-    """ComfyUI's euler from the inverted latent, no noise added (KSamplerAdvanced add_noise disable)."""
+    """ComfyUI's euler from the inverted latent, no noise added (KSamplerAdvanced add_noise disable), with
+    FlowStartFromLatent, without which a flow sampler at sigma_max = 1 starts from zeros."""
+    import comfy.patcher_extension as pe
     import comfy.sample
     import comfy.samplers
+
+    inv = sae_module("sae_patches.inversion")
+    model = model.clone()
+    model.add_wrapper_with_key(pe.WrappersMP.SAMPLER_SAMPLE, inv.FLOW_START_WRAPPER_KEY, inv.FlowStartFromLatent())
 
     sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), scheduler, steps)
     return comfy.sample.sample_custom(model, torch.zeros_like(noise), cfg, comfy.samplers.sampler_object("euler"),
@@ -140,27 +150,28 @@ def test_steps_on_a_tiny_flux_are_the_reversed_flow_ode(sae):
     steps = 6
     _, inv = inversion(sae).invert(model, pos, x0, steps, "simple")
     sig, lat = inv.sigmas, inv.latents
-    first = [e for e in evaluated if e[0] == pytest.approx(float(sig[1]), rel=1e-6)]
     assert all(e[0] > 0 for e in evaluated)
-    assert 2 <= len(first) <= inversion(sae).FLOW_FIRST_STEP_ITERATIONS
-    later = evaluated[len(first):]
-    assert [e[0] for e in later] == pytest.approx(sig[1:-1].tolist(), rel=1e-6)
     s1 = float(sig[1])
-    last_x, last_d = first[-1][1], first[-1][2]
-    assert rel_error(lat[1], lat[0] + s1 * (last_x - last_d) / s1) < 1e-6
-    assert (lat[1] - last_x).abs().max() < 1e-4 * (1 + lat[0].abs().max())
+    at_s1 = 0
+    while at_s1 < len(evaluated) and evaluated[at_s1][0] == pytest.approx(s1, rel=1e-6):
+        at_s1 += 1
+    first, later = evaluated[:at_s1 - 1], evaluated[at_s1 - 1:]  # the step from sigma_1 evaluates there too
+    assert 2 <= len(first) <= inversion(sae).FLOW_FIRST_STEP_ITERATIONS
+    assert any(torch.equal(x, lat[1]) for _, x, _ in first)  # x_1: the iterate of smallest residual
+    assert [e[0] for e in later] == pytest.approx(sig[1:-1].tolist(), rel=1e-6)
     for i, (s, x, d) in enumerate(later, start=1):
         assert torch.equal(x, lat[i])
         assert rel_error(lat[i + 1], x + float(sig[i + 1] - sig[i]) * (x - d) / s) < 1e-6, i
 
 
-@pytest.mark.parametrize("steps", [6, 20])
-def test_tiny_flux_reconstruction_unpinned_and_pinned(sae, steps, record_property):
-    """Tiny real Flux, one image latent: inversion then forward euler with the same steps and scheduler
-    reconstructs it; unpinned the error is that of a first-order ODE solver on a random network
-    (recorded); the pair's source held on the trajectory by the swap's PinSourceToTrajectory comes back
-    as the input to 1e-5 (the first step's fixed-point residual), the same inversion and pinning the
-    UNet path uses."""
+def test_tiny_flux_reconstruction_unpinned_and_pinned(sae, record_property):
+    """Tiny real Flux, one image latent, 50 steps (sigma_1 = 0.061, where the first step's fixed point
+    converges on this random network): inversion then forward euler with the same steps and scheduler
+    reconstructs it; unpinned within the error of a first-order ODE solver on a random network (recorded,
+    below 10% relative); the pair's source held on the trajectory by the swap's PinSourceToTrajectory comes
+    back as the input to 1e-5 (the first step's residual), with the inversion and pinning the UNet path
+    uses."""
+    steps = 50
     _require_flow_dit()
     import comfy.patcher_extension as pe
 
