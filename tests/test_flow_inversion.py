@@ -167,8 +167,8 @@ def test_steps_on_a_tiny_flux_are_the_reversed_flow_ode(sae):
 def test_tiny_flux_reconstruction_unpinned_and_pinned(sae, record_property):
     """Tiny real Flux, one image latent, 50 steps (sigma_1 = 0.061, where the first step's fixed point
     converges on this random network): inversion then forward euler with the same steps and scheduler
-    reconstructs it; unpinned within the error of a first-order ODE solver on a random network (recorded,
-    below 10% relative); the pair's source held on the trajectory by the swap's PinSourceToTrajectory comes
+    reconstructs it; unpinned within the error of a first-order ODE solver on a random network (recorded;
+    measured 0.16 relative, bound 0.25); the pair's source held on the trajectory by the swap's PinSourceToTrajectory comes
     back as the input to 1e-5 (the first step's residual), with the inversion and pinning the UNet path
     uses."""
     steps = 50
@@ -192,4 +192,4 @@ def test_tiny_flux_reconstruction_unpinned_and_pinned(sae, record_property):
     record_property("flux_reconstruction", {"steps": steps, "unpinned": unpinned, "pinned": pinned})
     assert torch.isfinite(out).all()
     assert pinned < 1e-5, pinned
-    assert unpinned < 1.0, unpinned
+    assert unpinned < 0.25, unpinned
