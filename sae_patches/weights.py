@@ -195,7 +195,15 @@ def layer_weights(model, layers: list[LayerInfo], device=None,
         source = adapter.qkv_source(layer)
         full = [effective_weight(key_patches(model, key), key, device, _weight_module(model, key))[0]
                 for key in source.keys]
-        ws = full if source.rows is None else [full[0][start:stop] for start, stop in source.rows]
+        if source.rows is None:
+            ws = full
+        else:
+            # One copy of the attention rows (q, k, v are views into it): the fused weight itself (Flux
+            # linear1 also holds the MLP rows, 4/7 of it) is not kept while the batch is hashed and solved.
+            low, high = min(r[0] for r in source.rows), max(r[1] for r in source.rows)
+            rows = full[0][low:high].clone() if (low, high) != (0, full[0].shape[0]) else full[0]
+            ws = [rows[start - low:stop - low] for start, stop in source.rows]
+        del full
         dtype = functools.reduce(torch.promote_types, (w.dtype for w in ws))
         out[layer.key] = tuple(w.to(dtype) for w in ws)
     return out
@@ -284,8 +292,9 @@ READ_BATCH_BYTES = 512 << 20
 
 
 def _batches(layers: list[LayerInfo]) -> list[list[LayerInfo]]:
-    """Consecutive groups of layers whose float32 q/k/v (3 x d x d, inner = d on SD-family UNets) fit in
-    READ_BATCH_BYTES; at least one layer per group."""
+    """Consecutive groups of layers whose float32 q/k/v (3 x d x d: inner = d on SD-family UNets and on
+    Flux, whose fused weights are cut to their q/k/v rows) fit in READ_BATCH_BYTES; at least one layer per
+    group."""
     out, current, size = [], [], 0
     for layer in layers:
         need = 3 * layer.width * layer.width * 4
