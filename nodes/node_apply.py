@@ -5,10 +5,11 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..sae_math.direction_math import SCALES, check_alpha, parse_alphas
-from ..sae_math.errors import NOT_SD_UNET, NodeInputError, model_name
+from ..sae_math.errors import NodeInputError
 from ..sae_math.layers import CUSTOM_LIST_HELP, LayerInfo, select_layers
-from ..sae_patches.direction_patch import LatentDirectionPatch, install_window_wrappers
-from ..sae_patches.weights import model_family, model_layers
+from ..sae_patches.direction_patch import LatentDirectionPatch
+from ..sae_patches.families import adapter_for
+from ..sae_patches.weights import model_family
 from .node_directions import CATEGORY, AttnDirectionsType
 
 
@@ -80,16 +81,16 @@ class ApplyLatentDirection(io.ComfyNode):
     @classmethod
     def execute(cls, model, directions, index, alpha, window_start, window_end, alpha_scale,
                 layers="", alpha_sweep="") -> io.NodeOutput:
+        adapter = adapter_for(model, cls.DISPLAY, "apply")
         patch = build_direction_patch(model, directions, index, alpha, window_start, window_end, alpha_scale,
-                                      layers, alpha_sweep)
+                                      layers, alpha_sweep, adapter=adapter)
         m = model.clone()
-        install_window_wrappers(m)
-        m.set_model_attn1_patch(patch)
+        adapter.install_direction(m, patch)
         return io.NodeOutput(m)
 
 
 def build_direction_patch(model, directions, index, alpha, window_start, window_end, alpha_scale,
-                          layers="", alpha_sweep="") -> LatentDirectionPatch:
+                          layers="", alpha_sweep="", adapter=None) -> LatentDirectionPatch:
     """Check every input against the model and build the patch (raises NodeInputError)."""
     node = ApplyLatentDirection.DISPLAY
     try:
@@ -102,9 +103,8 @@ def build_direction_patch(model, directions, index, alpha, window_start, window_
     if alpha_scale not in SCALES:
         raise NodeInputError(node, "alpha_scale", alpha_scale, f"choose one of {', '.join(SCALES)}")
 
-    present = {x.key: x for x in model_layers(model)}
-    if not present:
-        raise NodeInputError(node, "model", model_name(model), NOT_SD_UNET)
+    adapter = adapter if adapter is not None else adapter_for(model, node, "apply")
+    present = {x.key: x for x in adapter.layers()}
     mismatched = [f"{x.key} (width {x.width})" for x in directions.layers
                   if x.key not in present or present[x.key].width != x.width]
     if mismatched:

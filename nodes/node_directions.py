@@ -8,9 +8,10 @@ import os
 from comfy_api.latest import io
 
 from ..sae_math.directions import AttnDirections
-from ..sae_math.errors import NOT_SD_UNET, NodeInputError, model_name
+from ..sae_math.errors import NodeInputError
 from ..sae_math.layers import CUSTOM_LIST_HELP, LAYER_PRESETS
-from ..sae_patches.weights import compute_directions, model_layers, solve_device
+from ..sae_patches.families import adapter_for
+from ..sae_patches.weights import compute_directions, solve_device
 
 log = logging.getLogger("self_attention_edit")
 
@@ -56,8 +57,7 @@ class ComputeAttentionEigendirections(io.ComfyNode):
         import comfy.model_management
         import comfy.utils
 
-        if not model_layers(model):
-            raise NodeInputError(cls.DISPLAY, "model", model_name(model), NOT_SD_UNET)
+        adapter = adapter_for(model, cls.DISPLAY, "directions")
         bar = comfy.utils.ProgressBar(1)
 
         def on_layer(i, n):
@@ -65,7 +65,7 @@ class ComputeAttentionEigendirections(io.ComfyNode):
             bar.update_absolute(i, n)
 
         try:
-            directions = compute_directions(model, layers, custom_layers, top_k, on_layer=on_layer)
+            directions = compute_directions(model, layers, custom_layers, top_k, on_layer=on_layer, adapter=adapter)
         except ValueError as e:
             raise NodeInputError(cls.DISPLAY, "layers" if layers != "custom list" else "custom_layers",
                                  layers if layers != "custom list" else custom_layers, str(e)) from e

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..sae_math.errors import NOT_SD_UNET, NodeInputError, model_name
+from ..sae_math.errors import NodeInputError
+from ..sae_patches.families import adapter_for
 from ..sae_patches.inversion import NODE, invert
-from ..sae_patches.weights import model_layers
 from .node_directions import CATEGORY
 
 # The socket the swap's `inversion` input takes (an inversion.Inversion).
@@ -46,8 +46,7 @@ class InvertLatent(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, positive, latent, steps, scheduler, cfg=1.0, negative=None):
-        if not model_layers(model):
-            raise NodeInputError(cls.DISPLAY, "model", model_name(model), NOT_SD_UNET)
+        adapter_for(model, cls.DISPLAY, "inversion")
         if cfg != 1.0 and negative is None:
             raise NodeInputError(cls.DISPLAY, "negative", "not connected",
                                  f"cfg = {cfg} needs a negative prompt: connect one, or set cfg to 1 (FPE's choice)")

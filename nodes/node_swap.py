@@ -8,8 +8,9 @@ import math
 import torch
 from comfy_api.latest import io
 
-from ..sae_math.errors import NOT_SD_UNET, NodeInputError, model_name
-from ..sae_math.layers import CUSTOM_LIST_HELP, FPE_PRESET, LAYER_PRESETS, select_layers
+from ..sae_math.errors import NodeInputError
+from ..sae_math.layers import CUSTOM_LIST_HELP, FPE_PRESET, LAYER_PRESETS
+from ..sae_patches.families import adapter_for
 from ..sae_patches.swap_patch import (
     CHECK_WRAPPER_KEY,
     PIN_WRAPPER_KEY,
@@ -22,7 +23,7 @@ from ..sae_patches.swap_patch import (
     SwapWindow,
     expected_widths,
 )
-from ..sae_patches.weights import model_layers, unet_of
+from ..sae_patches.weights import unet_of
 from .node_directions import CATEGORY
 from .node_invert import InversionType
 
@@ -121,11 +122,10 @@ class SelfAttentionSwap(io.ComfyNode):
             raise NodeInputError(cls.DISPLAY, "start/end", f"{start}/{end}", "need 0 <= start < end <= 1")
         if rows not in ROWS:
             raise NodeInputError(cls.DISPLAY, "rows", rows, f"choose one of {', '.join(ROWS)}")
-        available = model_layers(model)
-        if not available:
-            raise NodeInputError(cls.DISPLAY, "model", model_name(model), NOT_SD_UNET)
+        adapter = adapter_for(model, cls.DISPLAY, "swap")
+        available = adapter.layers()
         try:
-            chosen = select_layers(available, layers, custom_layers or "")
+            chosen = adapter.select(available, layers, custom_layers or "")
         except ValueError as e:
             raise NodeInputError(cls.DISPLAY, "layers", layers if layers != "custom list" else custom_layers,
                                  str(e)) from e

@@ -1,7 +1,8 @@
 """One shape for every user-facing error: which node, which input, what value, what to do."""
 
 
-# Advice shared by every node that needs an SD-family UNet (Flux, SD3, PixArt... have no UNet self-attention).
+# Advice for a MODEL without UNet self-attention (the family adapters, sae_patches/families, now say which
+# families are supported; kept for modules that still name the UNet requirement).
 NOT_SD_UNET = ("this model has no UNet self-attention layers (it is not an SD1.x, SD2.x or SDXL UNet); "
                "connect the MODEL of an SD1.x, SD2.x or SDXL checkpoint")
 

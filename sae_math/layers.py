@@ -1,10 +1,12 @@
-"""Self-attention layers of an SD-family UNet: naming, resolution level, and user-facing selection.
+"""Self-attention layers: naming, resolution level, and the user-facing selection (UNet presets, custom lists).
 
-Pure Python: works on module paths and block structure, no ComfyUI import.
+Pure Python, no ComfyUI import. Which layers a model has is the family adapter's question
+(sae_patches/families); this module names and selects them.
 
-A layer is named like ComfyUI's attention patch keys: "<block>.<block_id>.<depth>", e.g. "input.4.0",
+UNet layers are named like ComfyUI's attention patch keys: "<block>.<block_id>.<depth>", e.g. "input.4.0",
 "middle.0.3", "output.11.0", where <depth> is the position inside the block's transformer_blocks
-(ComfyUI's extra_options["block_index"]).
+(ComfyUI's extra_options["block_index"]). DiT layers are "<block_type>.<index>", e.g. "double.3",
+"single.0" (Flux: double_blocks.3, single_blocks.0), with level 0 (a DiT attends over one token grid).
 """
 
 from __future__ import annotations
@@ -18,11 +20,13 @@ _BLOCK = {"input_blocks": "input", "middle_block": "middle", "output_blocks": "o
 
 @dataclass(frozen=True)
 class LayerInfo:
-    """One self-attention (attn1) layer.
+    """One self-attention layer.
 
-    key: "input.4.0"; module_path: path of its BasicTransformerBlock inside the UNet;
-    width: d, the attn1 input width; level: number of 2x downsamplings between the latent and this layer
-    (0 = highest resolution, tokens = (latent_h * latent_w) / 4**level).
+    key: "input.4.0" (UNet) or "double.3" (DiT); module_path: path inside the diffusion model of its
+    BasicTransformerBlock (UNet) or its block (DiT: "double_blocks.3"); width: d, the width of the attention
+    input (the q/k/v Linear's in_features); level: number of 2x downsamplings between the latent and this
+    layer (0 = highest resolution, tokens = (latent_h * latent_w) / 4**level; 0 for every DiT layer).
+    block: ("input", 4) / ("double", 3); depth: position inside the block (UNet), the block's index (DiT).
     """
 
     key: str
@@ -32,12 +36,13 @@ class LayerInfo:
 
     @property
     def block(self) -> tuple[str, int]:
-        name, block_id, _ = self.key.split(".")
+        name, block_id = self.key.split(".")[:2]
         return name, int(block_id)
 
     @property
     def depth(self) -> int:
-        return int(self.key.split(".")[2])
+        parts = self.key.split(".")
+        return int(parts[2] if len(parts) > 2 else parts[1])
 
     @property
     def patch_key(self) -> tuple[str, int, int]:
@@ -58,10 +63,15 @@ def layer_key_from_path(module_path: str) -> str | None:
     return f"{_BLOCK[block]}.{int(block_id)}.{int(depth)}"
 
 
+# Execution order of block kinds: a UNet's input blocks, middle, output blocks; a DiT's double-stream
+# (joint) blocks, then its single-stream blocks.
+_BLOCK_ORDER = {"input": 0, "middle": 1, "output": 2, "double": 3, "single": 4}
+
+
 def sort_key(layer_key: str):
-    """Execution order of the UNet: input blocks, middle, output blocks."""
-    name, block_id, depth = layer_key.split(".")
-    return ({"input": 0, "middle": 1, "output": 2}[name], int(block_id), int(depth))
+    """Execution order: UNet input blocks, middle, output blocks; DiT double blocks, then single blocks."""
+    name, block_id, *depth = layer_key.split(".")
+    return (_BLOCK_ORDER.get(name, len(_BLOCK_ORDER)), name, int(block_id), int(depth[0]) if depth else 0)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -159,39 +169,3 @@ def _matches(layer: LayerInfo, entry: str) -> bool:
             return False
     parts = entry.split(".")
     return layer.key.split(".")[: len(parts)] == parts
-
-
-# ---------------------------------------------------------------------------------------------------
-# Discovery on a UNet module (duck-typed torch modules; ComfyUI's openaimodel.UNetModel in practice)
-
-def _resolution_levels(unet) -> dict[tuple[str, int], int]:
-    """(block name, block id) -> level, from where the UNet down- and upsamples."""
-    def has(module, cls_name):
-        return any(type(m).__name__ == cls_name for m in module.modules())
-
-    levels: dict[tuple[str, int], int] = {}
-    level = 0
-    for i, block in enumerate(getattr(unet, "input_blocks", [])):
-        if has(block, "Downsample"):
-            level += 1
-        levels[("input", i)] = level
-    levels[("middle", 0)] = level
-    for i, block in enumerate(getattr(unet, "output_blocks", [])):
-        levels[("output", i)] = level
-        if has(block, "Upsample"):
-            level -= 1
-    return levels
-
-
-def discover_layers(unet) -> list[LayerInfo]:
-    """Every self-attention layer of an SD-family UNet, in execution order. Empty for other models."""
-    levels = _resolution_levels(unet)
-    found = []
-    for path, module in unet.named_modules():
-        key = layer_key_from_path(path)
-        if key is None or not hasattr(module, "attn1"):
-            continue
-        width = module.attn1.to_q.weight.shape[1]
-        name, block_id, _ = key.split(".")
-        found.append(LayerInfo(key=key, module_path=path, width=int(width), level=levels[(name, int(block_id))]))
-    return sorted(found, key=lambda x: sort_key(x.key))

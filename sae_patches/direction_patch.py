@@ -11,10 +11,16 @@ SD, LCM, EDM / continuous, flow), including a ModelSampling node applied after A
   model_sampling, to the patches in that call's transformer_options.
 - OUTER_SAMPLE wrapper (track_window_run): per sampling run, a fresh WindowRun records the evaluated
   sigmas and which windows were hit, and logs one warning per window nothing fell inside.
+
+On DiTs the edit is an object patch on the q/k/v Linear's forward (sae_patches/linear_edit.py), which sees
+no transformer_options: record_sigmas also makes the call's ModelCall the current one (current_call(), a
+context variable: per thread, set for the duration of that model call only, reset after it even when it
+raises), and the patched forward reads it there.
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
 
 import torch
@@ -34,16 +40,38 @@ APPLY_NODE = "Apply Latent Direction"
 
 
 class ModelCall:
-    """One UNet call as the patches see it: sigmas and timesteps (what model_sampling.timestep() feeds the
-    model), tuples of host floats, one per row ([rows] = chunks * B, chunk-major like the UNet's input),
-    and the model_sampling object the call runs with."""
+    """One model call as the patches see it: sigmas and timesteps (what model_sampling.timestep() feeds the
+    model), tuples of host floats, one per row ([rows] = chunks * B, chunk-major like the model's input),
+    and the model_sampling object the call runs with.
 
-    __slots__ = ("sigmas", "timesteps", "model_sampling")
+    For patches that see no transformer_options (DiT object patches): chunks (len(cond_or_uncond)), run
+    (the sampling run's WindowRun or None), base_model (the BaseModel running the call: its
+    diffusion_model holds the modules of this very call, also on a multi-GPU copy), latent_shape (the
+    shape of the latent x, [B, C, (T,) H, W]) and reference_shapes (shapes of the call's ref_latents)."""
 
-    def __init__(self, sigmas: tuple[float, ...], timesteps: tuple[float, ...], model_sampling):
+    __slots__ = ("sigmas", "timesteps", "model_sampling", "chunks", "run", "base_model", "latent_shape",
+                 "reference_shapes")
+
+    def __init__(self, sigmas: tuple[float, ...], timesteps: tuple[float, ...], model_sampling, chunks: int = 1,
+                 run=None, base_model=None, latent_shape: tuple[int, ...] = (), reference_shapes: tuple = ()):
         self.sigmas = sigmas
         self.timesteps = timesteps
         self.model_sampling = model_sampling
+        self.chunks = chunks
+        self.run = run
+        self.base_model = base_model
+        self.latent_shape = latent_shape
+        self.reference_shapes = reference_shapes
+
+
+# The ModelCall of the model call running in this thread (set by record_sigmas for the duration of the call).
+_CURRENT_CALL: contextvars.ContextVar[ModelCall | None] = contextvars.ContextVar(
+    "self_attention_edit.model_call", default=None)
+
+
+def current_call() -> ModelCall | None:
+    """The ModelCall of the model call in progress in this thread, None outside one of our wrapped calls."""
+    return _CURRENT_CALL.get()
 
 
 def host_sigmas_and_timesteps(sigma: torch.Tensor, model_sampling) -> tuple[tuple, tuple]:
@@ -71,8 +99,16 @@ def record_sigmas(executor, x, t, c_concat=None, c_crossattn=None, control=None,
     run = options.get(RUN_KEY)
     if run is not None:
         run.evaluated(sigmas)
-    options[CALL_KEY] = ModelCall(sigmas, timesteps, sampling)
-    return executor(x, t, c_concat, c_crossattn, control, options, *args, **kwargs)
+    references = kwargs.get("ref_latents") or ()
+    call = ModelCall(sigmas, timesteps, sampling, chunks=len(options.get("cond_or_uncond") or [0]) or 1, run=run,
+                     base_model=executor.class_obj, latent_shape=tuple(x.shape),
+                     reference_shapes=tuple(tuple(r.shape) for r in references if hasattr(r, "shape")))
+    options[CALL_KEY] = call
+    token = _CURRENT_CALL.set(call)
+    try:
+        return executor(x, t, c_concat, c_crossattn, control, options, *args, **kwargs)
+    finally:
+        _CURRENT_CALL.reset(token)
 
 
 def track_window_run(executor, *args, **kwargs):
@@ -190,6 +226,20 @@ class LatentDirectionPatch:
         self._last_alphas = (source, rows, chunks, device, alphas)
         return alphas
 
+    def alphas_for_call(self, call: ModelCall, rows: int, device) -> torch.Tensor | None:
+        """(rows,) alphas of a model call seen without extra_options (DiT object patches: rows = the call's
+        rows, no tiling), zero outside the window; None when no row is edited. Cached like active_alphas."""
+        last = self._last_alphas
+        if last is not None and last[0] is call and last[1] == rows and last[2] == call.chunks and last[3] == device:
+            return last[4]
+        if call.model_sampling is None:
+            alphas = None
+        else:
+            alphas = self._alphas(call.sigmas, call.timesteps, call.model_sampling, call.run, rows, call.chunks, 1,
+                                  device)
+        self._last_alphas = (call, rows, call.chunks, device, alphas)
+        return alphas
+
     def _compute_active_alphas(self, extra_options, call, rows: int, chunks: int, device) -> torch.Tensor | None:
         tiles = tiles_per_unet_row(rows, extra_options.get("original_shape"), APPLY_NODE)
         unet_rows = rows // tiles
@@ -198,11 +248,14 @@ class LatentDirectionPatch:
         sigmas, timesteps, sampling = self._sigmas(extra_options, call, unet_rows)
         if sigmas is None:
             return None
+        return self._alphas(sigmas, timesteps, sampling, extra_options.get(RUN_KEY), unet_rows, chunks, tiles, device)
+
+    def _alphas(self, sigmas, timesteps, sampling, run, unet_rows: int, chunks: int, tiles: int,
+                device) -> torch.Tensor | None:
         if len(sigmas) != unet_rows:
             raise ValueError(f"sigmas for {len(sigmas)} rows, activations for {unet_rows}")
         window = self.window(sampling)
         inside = [window.contains(s, t) for s, t in zip(sigmas, timesteps)]
-        run = extra_options.get(RUN_KEY)
         if run is not None:
             run.window(self.start, self.end, window.sigma_low, window.sigma_high, any(inside))
         if not any(inside):

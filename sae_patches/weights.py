@@ -21,7 +21,8 @@ import torch
 
 from ..sae_math import eigen
 from ..sae_math.directions import AttnDirections, LayerDirections
-from ..sae_math.layers import LayerInfo, discover_layers, select_layers
+from ..sae_math.layers import LayerInfo, select_layers  # noqa: F401  (select_layers: the UNet presets, for callers)
+from .families import find_adapter
 
 log = logging.getLogger("self_attention_edit")
 
@@ -29,7 +30,7 @@ _PREFIX = "diffusion_model."
 
 
 def unet_of(model):
-    """The UNet of a ModelPatcher, or None."""
+    """The diffusion model (UNet or DiT) of a ModelPatcher, or None."""
     try:
         return model.get_model_object("diffusion_model")
     except Exception:
@@ -37,8 +38,9 @@ def unet_of(model):
 
 
 def model_layers(model) -> list[LayerInfo]:
-    unet = unet_of(model)
-    return discover_layers(unet) if unet is not None else []
+    """The self-attention layers of a MODEL through its family adapter; [] for a family the pack does not know."""
+    adapter = find_adapter(model)
+    return adapter.layers() if adapter is not None else []
 
 
 def solve_device(model) -> torch.device:
@@ -176,19 +178,32 @@ def _hash_tensor(h, t: torch.Tensor) -> None:
 
 
 @torch.no_grad()
-def layer_weights(model, layers: list[LayerInfo], device=None) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+def layer_weights(model, layers: list[LayerInfo], device=None,
+                  adapter=None) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """layer key -> (Wq, Wk, Wv), each (inner, d), patches applied, dequantized, scales applied.
 
+    Where they are comes from the family adapter (qkv_source): three separate weights (UNet attn1
+    to_q/to_k/to_v) or row ranges of one fused weight (Flux img_attn.qkv, single-block linear1's first 3D
+    rows), whose effective weight is computed once and sliced (views; the MLP rows of linear1 are dropped).
     The three of a layer are on one device (default: solve_device(model)) in one dtype: q, k and v may
     arrive in different dtypes (a patched one in float32 beside fp16 originals; a quantized one in its
     compute dtype) and are promoted to their common dtype (exact: every one is representable in it)."""
     device = solve_device(model) if device is None else torch.device(device)
+    adapter = adapter if adapter is not None else find_adapter(model)
     out = {}
     for layer in layers:
-        ws = []
-        for proj in ("to_q", "to_k", "to_v"):
-            key = f"{_PREFIX}{layer.module_path}.attn1.{proj}.weight"
-            ws.append(effective_weight(key_patches(model, key), key, device, _weight_module(model, key))[0])
+        source = adapter.qkv_source(layer)
+        full = [effective_weight(key_patches(model, key), key, device, _weight_module(model, key))[0]
+                for key in source.keys]
+        if source.rows is None:
+            ws = full
+        else:
+            # One copy of the attention rows (q, k, v are views into it): the fused weight itself (Flux
+            # linear1 also holds the MLP rows, 4/7 of it) is not kept while the batch is hashed and solved.
+            low, high = min(r[0] for r in source.rows), max(r[1] for r in source.rows)
+            rows = full[0][low:high].clone() if (low, high) != (0, full[0].shape[0]) else full[0]
+            ws = [rows[start - low:stop - low] for start, stop in source.rows]
+        del full
         dtype = functools.reduce(torch.promote_types, (w.dtype for w in ws))
         out[layer.key] = tuple(w.to(dtype) for w in ws)
     return out
@@ -277,8 +292,9 @@ READ_BATCH_BYTES = 512 << 20
 
 
 def _batches(layers: list[LayerInfo]) -> list[list[LayerInfo]]:
-    """Consecutive groups of layers whose float32 q/k/v (3 x d x d, inner = d on SD-family UNets) fit in
-    READ_BATCH_BYTES; at least one layer per group."""
+    """Consecutive groups of layers whose float32 q/k/v (3 x d x d: inner = d on SD-family UNets and on
+    Flux, whose fused weights are cut to their q/k/v rows) fit in READ_BATCH_BYTES; at least one layer per
+    group."""
     out, current, size = [], [], 0
     for layer in layers:
         need = 3 * layer.width * layer.width * 4
@@ -292,21 +308,26 @@ def _batches(layers: list[LayerInfo]) -> list[list[LayerInfo]]:
     return out
 
 
-def compute_directions(model, preset: str, custom: str, k: int, on_layer=None, device=None) -> AttnDirections:
+def compute_directions(model, preset: str, custom: str, k: int, on_layer=None, device=None,
+                       adapter=None) -> AttnDirections:
     """Top-k directions for the selected layers of a MODEL (ModelPatcher). on_layer(i, n) is called
     after each layer (progress, interruption). device: where to solve; default solve_device(model).
+    adapter: the MODEL's family adapter (default: found from the model; ValueError if there is none).
     The returned tensors are on the CPU whatever the solve device.
 
     Layers are solved one at a time: solving two at once on two threads was measured slower on 2 cores
     (SDXL, k=16: 7-8 s against 5.5 s), as each solve's products already use every core."""
-    layers = select_layers(model_layers(model), preset, custom)
+    adapter = adapter if adapter is not None else find_adapter(model)
+    if adapter is None:
+        raise ValueError("the pack does not know this model family's self-attention layers")
+    layers = adapter.select(adapter.layers(), preset, custom)
     device = solve_device(model) if device is None else torch.device(device)
     where = device_key(device)
     result = []
     whole = hashlib.blake2b(digest_size=16)
     done = 0
     for batch in _batches(layers):
-        weights = layer_weights(model, batch, device)
+        weights = layer_weights(model, batch, device, adapter)
         prints = fingerprints(weights)
         for layer in batch:
             ws = weights.pop(layer.key)

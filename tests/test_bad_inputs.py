@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import dit_testbed
 import testbed
 from snapshots import snapshot, unchanged
 
@@ -44,44 +45,22 @@ def expect_error(sae, fn, node_name, input_name, *advice):
     return msg
 
 
-def tiny_flux():
-    """A DiT-family MODEL built by ComfyUI's own Flux classes (tiny widths): no UNet self-attention."""
-    import comfy.model_patcher
-    import comfy.supported_models as sm
-
-    cfg = {"image_model": "flux", "in_channels": 16, "out_channels": 16, "vec_in_dim": 32, "context_in_dim": 32,
-           "hidden_size": 32, "mlp_ratio": 2.0, "num_heads": 2, "depth": 1, "depth_single_blocks": 1,
-           "axes_dim": [4, 6, 6], "theta": 10000, "patch_size": 2, "qkv_bias": True, "guidance_embed": False}
-    import dataclasses
-
-    from comfy.ldm.flux.model import FluxParams
-
-    if "txt_ids_dims" in {f.name for f in dataclasses.fields(FluxParams)}:
-        cfg["txt_ids_dims"] = []  # a required field since ComfyUI 0.8.0 (no text position ids)
-    config = sm.Flux(cfg)
-    config.unet_config.update(cfg)
-    config.set_inference_dtype(torch.float32, None)
-    base = config.get_model({})
-    testbed.init_weights_(base.diffusion_model, 0)
-    cpu = torch.device("cpu")
-    return comfy.model_patcher.ModelPatcher(base, load_device=cpu, offload_device=cpu)
-
-
-def test_model_without_unet_self_attention_is_refused_by_every_model_node(sae):
-    """A Flux (DiT) MODEL given to each node that takes a MODEL: a clear error saying which checkpoints
-    work, and the model is untouched."""
-    flux = tiny_flux()
-    before = snapshot(flux)
+def test_model_of_an_unknown_family_is_refused_by_every_model_node(sae):
+    """A MODEL whose family the pack has no adapter for (SD3.5's MMDiT, built by ComfyUI's own classes)
+    given to each node that takes a MODEL: a clear error naming the node, the model's class and the
+    supported families, and the model is untouched. (Flux-family models: tests/test_families.py.)"""
+    other = dit_testbed.tiny_dit("sd3")
+    before = snapshot(other)
     sd_dirs = compute(sae, testbed.tiny_model("sd15"))
-    advice = ("input 'model' = 'Flux'", "not an SD1.x, SD2.x or SDXL UNet", "connect the MODEL of an SD1.x")
-    expect_error(sae, lambda: compute(sae, flux), "Compute Attention Eigendirections", "model", *advice)
-    expect_error(sae, lambda: apply(sae, flux, sd_dirs), "Apply Latent Direction (timestep window)", "model", *advice)
-    expect_error(sae, lambda: swap(sae, flux), "Self-Attention Swap", "model", *advice)
+    advice = ("input 'model' = 'SD3'", "supported: SD1.x, SD2.x and SDXL UNets", "Flux.1")
+    expect_error(sae, lambda: compute(sae, other), "Compute Attention Eigendirections", "model", *advice)
+    expect_error(sae, lambda: apply(sae, other, sd_dirs), "Apply Latent Direction (timestep window)", "model", *advice)
+    expect_error(sae, lambda: swap(sae, other), "Self-Attention Swap", "model", *advice)
     invert = node(sae, "node_invert", "InvertLatent")
     latent = {"samples": torch.zeros(1, 16, 8, 8)}
-    expect_error(sae, lambda: invert.execute(flux, testbed.tiny_conditioning("sd15", 1), latent, 2, "normal"),
+    expect_error(sae, lambda: invert.execute(other, testbed.tiny_conditioning("sd15", 1), latent, 2, "normal"),
                  "Invert Latent (DDIM)", "model", *advice)
-    assert unchanged(before, flux)
+    assert unchanged(before, other)
 
 
 @pytest.mark.parametrize("source,target", [("sd15", "sdxl"), ("sdxl", "sd15"), ("sd15", "sd20")])
