@@ -7,7 +7,7 @@ from comfy_api.latest import io
 
 from ..sae_math.errors import NodeInputError
 from ..sae_patches.families import adapter_for
-from ..sae_patches.inversion import NODE, invert
+from ..sae_patches.inversion import NODE, install_flow_start, invert
 from .node_directions import CATEGORY
 
 # The socket the swap's `inversion` input takes (an inversion.Inversion).
@@ -25,9 +25,11 @@ class InvertLatent(io.ComfyNode):
             node_id="SAEdit_InvertLatent",
             display_name=cls.DISPLAY,
             category=CATEGORY,
-            description="DDIM inversion: runs the deterministic sampler backwards from the image latent to noise, "
-                        "evaluating the model at the noise level each forward step will use, and records the path. "
-                        "Sample forward with euler, the same steps and scheduler, add_noise disabled.",
+            description="DDIM inversion (rectified-flow models such as Flux: the flow ODE run backwards): from the "
+                        "image latent to noise, recording the path. Sample forward with euler, the same steps and "
+                        "scheduler, add_noise disabled. On a flow model sample with this node's 'model' output (or "
+                        "through Self-Attention Swap with the inversion): a flow sampler with add_noise disabled "
+                        "otherwise starts from zeros, not from the inverted latent.",
             inputs=[
                 io.Model.Input("model"),
                 io.Conditioning.Input("positive", tooltip="Source prompt for the inversion (FPE: empty prompt)."),
@@ -41,7 +43,12 @@ class InvertLatent(io.ComfyNode):
                 io.Conditioning.Input("negative", optional=True,
                                       tooltip="Negative prompt; only used (and required) when cfg is not 1."),
             ],
-            outputs=[io.Latent.Output(display_name="noise"), InversionType.Output(display_name="inversion")],
+            outputs=[io.Latent.Output(display_name="noise"), InversionType.Output(display_name="inversion"),
+                     io.Model.Output(display_name="model",
+                                     tooltip="The model to sample the inverted latent with (add_noise disabled). "
+                                             "Rectified-flow models (Flux, SD3, Qwen-Image, Z-Image): a copy that "
+                                             "starts the sampler at the inverted latent; other models: the input "
+                                             "model unchanged.")],
         )
 
     @classmethod
@@ -53,7 +60,12 @@ class InvertLatent(io.ComfyNode):
         noise, inv = invert(model, positive, latent["samples"], steps, scheduler, cfg, negative)
         out = {k: v for k, v in latent.items() if k not in ("samples", "batch_index")}
         out["samples"] = noise
-        return io.NodeOutput(out, inv)
+        # A flow sampler starts at sigma_max * noise + (1 - sigma_max) * latent, zeros at sigma_max = 1 with
+        # add_noise disabled: the copy's FlowStartFromLatent passes the latent as the noise then.
+        start = model.clone()
+        if not install_flow_start(start):
+            start = model
+        return io.NodeOutput(out, inv, start)
 
 
 INVERT_NODES = [InvertLatent]

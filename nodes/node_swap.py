@@ -11,57 +11,12 @@ from comfy_api.latest import io
 from ..sae_math.errors import NodeInputError
 from ..sae_math.layers import CUSTOM_LIST_HELP, FPE_PRESET, LAYER_PRESETS
 from ..sae_patches.families import adapter_for
-from ..sae_patches.swap_patch import (
-    CHECK_WRAPPER_KEY,
-    PIN_WRAPPER_KEY,
-    ROLES_WRAPPER_KEY,
-    ChunkRolesWrapper,
-    GuiderCondsWrapper,
-    PinSourceToTrajectory,
-    SelfAttentionSwapPatch,
-    SwapInputCheck,
-    SwapWindow,
-    expected_widths,
-)
-from ..sae_patches.weights import unet_of
+from ..sae_patches.swap_patch import SwapWindow
 from .node_directions import CATEGORY
 from .node_invert import InversionType
 
 ROWS = ("conditional only", "conditional and unconditional")
 FPE_LAYERS = FPE_PRESET
-
-
-def attn1_replaces(model) -> dict:
-    return model.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn1", {})
-
-
-def existing_attn1_replace(model, patch_key):
-    """The attn1 replace another node put on this layer (exact key first, then the block-wide 2-tuple key,
-    the same lookup order as ComfyUI's transformer block), or None."""
-    replaces = attn1_replaces(model)
-    return replaces.get(patch_key) or replaces.get(patch_key[:2])
-
-
-def swap_keys(model, available, chosen) -> list[tuple]:
-    """The attn1 replace keys to register. A block whose every depth is chosen gets the block-wide key
-    (block, id): a node that temporarily replaces a whole block for an extra pass (core PAG puts an
-    identity attention on ("middle", 0)) then overrides the swap for that pass only, as it intends;
-    an exact key would silently win over it. Exact keys are kept where a depth is chosen alone or where
-    another node already holds that exact key (ComfyUI looks up the exact key first, so only an exact
-    key can call through it)."""
-    replaces = attn1_replaces(model)
-    depths: dict[tuple, set] = {}
-    for layer in available:
-        depths.setdefault(layer.block, set()).add(layer.depth)
-    keys = []
-    for block in dict.fromkeys(x.block for x in chosen):
-        mine = [x for x in chosen if x.block == block]
-        whole = {x.depth for x in mine} == depths[block]
-        exact = [x.patch_key for x in mine if not whole or x.patch_key in replaces]
-        keys += exact
-        if whole and len(exact) < len(mine):
-            keys.append(block)
-    return keys
 
 
 class SelfAttentionSwap(io.ComfyNode):
@@ -129,31 +84,11 @@ class SelfAttentionSwap(io.ComfyNode):
         except ValueError as e:
             raise NodeInputError(cls.DISPLAY, "layers", layers if layers != "custom list" else custom_layers,
                                  str(e)) from e
-        edit_chunks = frozenset({0}) if rows == ROWS[0] else frozenset({0, 1})
-        # One window for all of this node's layers: it decides once per UNet call for all of them.
+        # One window for all of this node's layers: it decides once per model call for all of them.
         window = SwapWindow(start, end, all_chunks=rows != ROWS[0],
                             fallback_sampling=model.get_model_object("model_sampling"))
         m = model.clone()
-        for key in swap_keys(model, available, chosen):
-            inner = existing_attn1_replace(model, key) if len(key) == 3 else attn1_replaces(model).get(key)
-            m.set_model_attn1_replace(SelfAttentionSwapPatch(start, end, edit_chunks, inner, window), *key)
-        import comfy.patcher_extension as pe
-
-        # One of each wrapper per model, however many swap nodes are chained.
-        m.remove_wrappers_with_key(pe.WrappersMP.DIFFUSION_MODEL, CHECK_WRAPPER_KEY)
-        m.add_wrapper_with_key(pe.WrappersMP.DIFFUSION_MODEL, CHECK_WRAPPER_KEY,
-                               SwapInputCheck(*expected_widths(unet_of(model))))
-        # Which chunk is the positive one, read from the guider (DualCFGGuider and SAG's extra pass do
-        # not put it at cond_or_uncond 0), and the model_sampling in force for the window.
-        m.remove_wrappers_with_key(pe.WrappersMP.PREDICT_NOISE, ROLES_WRAPPER_KEY)
-        m.add_wrapper_with_key(pe.WrappersMP.PREDICT_NOISE, ROLES_WRAPPER_KEY, GuiderCondsWrapper())
-        m.remove_wrappers_with_key(pe.WrappersMP.CALC_COND_BATCH, ROLES_WRAPPER_KEY)
-        m.add_wrapper_with_key(pe.WrappersMP.CALC_COND_BATCH, ROLES_WRAPPER_KEY, ChunkRolesWrapper())
-        if inversion is not None and pin_source:
-            m.remove_wrappers_with_key(pe.WrappersMP.APPLY_MODEL, PIN_WRAPPER_KEY)
-            m.add_wrapper_with_key(pe.WrappersMP.APPLY_MODEL, PIN_WRAPPER_KEY,
-                                   PinSourceToTrajectory(inversion.sigmas, inversion.latents,
-                                                         inversion.check_schedule))
+        adapter.install_swap(m, chosen, window, inversion, pin_source)
         return io.NodeOutput(m)
 
 

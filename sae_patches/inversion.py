@@ -234,3 +234,15 @@ class FlowStartFromLatent:
                 and noise.shape == latent_image.shape and not bool(noise.any())):
             noise = latent_image.to(noise)
         return executor(guider, sigmas, extra_args, callback, noise, latent_image, *args, **kwargs)
+
+
+def install_flow_start(model) -> bool:
+    """Put FlowStartFromLatent on `model` (a clone the caller owns) when its model_sampling is rectified
+    flow; one per model however often it is called. Returns whether it was installed."""
+    import comfy.patcher_extension as pe
+
+    if not is_flow(model.get_model_object("model_sampling")):
+        return False
+    model.remove_wrappers_with_key(pe.WrappersMP.SAMPLER_SAMPLE, FLOW_START_WRAPPER_KEY)
+    model.add_wrapper_with_key(pe.WrappersMP.SAMPLER_SAMPLE, FLOW_START_WRAPPER_KEY, FlowStartFromLatent())
+    return True

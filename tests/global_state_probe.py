@@ -57,7 +57,7 @@ def run_every_node() -> None:
     edited = na.ApplyLatentDirection.execute(model, d, 0, 0.3, 0.5, 0.8, "relative to token norm", "", "").args[0]
     pos, neg = testbed.tiny_conditioning("sd15", 1), testbed.tiny_conditioning("sd15", 2)
     testbed.sample(edited, pos, neg, testbed.empty_latent(1), steps=3)
-    noise, inv = sae("nodes.node_invert").InvertLatent.execute(model, pos, {"samples": torch.randn(1, 4, 16, 16)}, 3, "normal").args
+    noise, inv = sae("nodes.node_invert").InvertLatent.execute(model, pos, {"samples": torch.randn(1, 4, 16, 16)}, 3, "normal").args[:2]
     swapped = ns.SelfAttentionSwap.execute(edited, "below latent resolution (FPE default)", 0.0, 0.8,
                                            "conditional only", "", inv, True).args[0]
     cond = ns.PairConditioning.execute(pos, testbed.tiny_conditioning("sd15", 3)).args[0]

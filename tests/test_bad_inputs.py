@@ -271,7 +271,7 @@ def test_half_precision_models_work_with_every_node(sae, family, dtype, manual_c
     assert torch.equal(swapped[0], unswapped[0]) and not torch.equal(swapped[1], unswapped[1])
 
     image = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
-    noise, inv = sae("nodes.node_invert").InvertLatent.execute(model, pos, {"samples": image}, 4, "normal").args
+    noise, inv = sae("nodes.node_invert").InvertLatent.execute(model, pos, {"samples": image}, 4, "normal").args[:2]
     assert torch.isfinite(noise["samples"]).all() and torch.isfinite(inv.latents).all()
     pinned = swap(sae, model, inversion=inv)
     out = testbed.sample(pinned, cond, cond, swap_nodes.MakePairs.execute(noise).args[0]["samples"],

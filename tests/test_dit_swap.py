@@ -170,12 +170,14 @@ class AttentionProbe:
         return out
 
 
-def probed(sae, model, family, layers, **kw):
+def probed(sae, model, family, layers, swap=None, **kw):
+    """(swapped model, PreRope, AttentionProbe): the swap built by swap(sae, base, family, layers, **kw)
+    (default apply_swap; test_dit_nodes passes the node) between the two recorders."""
     pre = PreRope()
     base = model.clone()
     if HOOK[family] == "attn1_patch":
         base.set_model_attn1_patch(pre)
-    m = apply_swap(sae, base, family, layers, **kw)
+    m = (swap or apply_swap)(sae, base, family, layers, **kw)
     to = m.model_options["transformer_options"]
     probe = AttentionProbe(to.get("optimized_attention_override"))
     m.model_options["transformer_options"] = {**to, "optimized_attention_override": probe}
@@ -214,18 +216,12 @@ def image_range(family, tokens, call):
     return d.text_tokens(family), d.text_tokens(family) + img
 
 
-@pytest.mark.parametrize("family", _families())
-def test_swap_on_real_block_calls_equals_explicit_reference(sae, family):
-    """Two euler steps at cfg 2 of a source/target pair with different prompts, swap on every block: at
-    every attention call the block's actual output equals the explicit reference (maps from the
-    unswapped q/k after RoPE, the source's image-image block on the positive chunk's target rows, their
-    own v) to 1e-5; the q/k the attention receives are the unswapped ones (after RoPE) with only the
-    positive target rows' image tokens replaced by the source's (swap before RoPE = after RoPE here):
-    text tokens, source rows, the negative chunk and v untouched."""
-    _require_hooks(family)
+def check_swap_against_reference(sae, family, swap=None):
+    """The checks of test_swap_on_real_block_calls_equals_explicit_reference on a swap built by swap
+    (probed's argument; default apply_swap) over every joint block, start 0, end 1."""
     sm = sae("sae_math.swap_math")
     model = _dit().tiny_dit(family)
-    m, pre, probe = probed(sae, model, family, all_layers(family))
+    m, pre, probe = probed(sae, model, family, all_layers(family), swap=swap)
     cond, neg = pair_cond(sae, family, 1, 2), pair_cond(sae, family, 3, 3)
     run(m, family, cond, neg, pairs(sae, family))
     calls = probe.calls
@@ -266,6 +262,18 @@ def test_swap_on_real_block_calls_equals_explicit_reference(sae, family):
     assert differs or HOOK[family] != "attn1_patch"  # the swap did replace something
     assert checked == 2 * len(all_layers(family)) + (2 * len(_dit()._tiny_dit_config(family).get(
         "x_block_self_attn_layers", [])) if family == "sd3" else 0), checked
+
+
+@pytest.mark.parametrize("family", _families())
+def test_swap_on_real_block_calls_equals_explicit_reference(sae, family):
+    """Two euler steps at cfg 2 of a source/target pair with different prompts, swap on every block: at
+    every attention call the block's actual output equals the explicit reference (maps from the
+    unswapped q/k after RoPE, the source's image-image block on the positive chunk's target rows, their
+    own v) to 1e-5; the q/k the attention receives are the unswapped ones (after RoPE) with only the
+    positive target rows' image tokens replaced by the source's (swap before RoPE = after RoPE here):
+    text tokens, source rows, the negative chunk and v untouched."""
+    _require_hooks(family)
+    check_swap_against_reference(sae, family)
 
 
 @pytest.mark.parametrize("family", _families())

@@ -193,7 +193,7 @@ def test_real_image_inversion_reconstructs_and_edit_changes_the_target_only(sae)
     g = torch.Generator().manual_seed(5)
     image_latent = torch.randn(1, 4, 16, 16, generator=g)
     src = testbed.tiny_conditioning("sd15", 1)
-    noise, inv = sae("nodes.node_invert").InvertLatent.execute(model, src, {"samples": image_latent}, 20, "normal").args
+    noise, inv = sae("nodes.node_invert").InvertLatent.execute(model, src, {"samples": image_latent}, 20, "normal").args[:2]
     assert inv.latents.shape[:2] == (21, 1)
     lat = n.MakePairs.execute(noise).args[0]
     cond = pair_cond(sae, "sd15", 1, 2)

@@ -28,6 +28,37 @@ For the swap on DiTs (the joint-attention swap builds on these; see FluxAdapter 
     sequence a hook sees (text tokens and reference-image tokens excluded).
   - install_attention_patch(clone, patch) registers a hook callable of the attention_hook() kind on the
     clone through the patcher (UNet: not used; the UNet swap installs its attn1 replaces itself).
+
+Self-Attention Swap through the adapter (nodes/node_swap.py calls only select() and install_swap()):
+
+    chosen = adapter.select(adapter.layers(), preset, custom)   # FPE_PRESET: default_layers("swap")
+    window = swap_patch.SwapWindow(start, end, all_chunks, fallback_sampling=model_sampling)
+    m = model.clone()
+    adapter.install_swap(m, chosen, window, inversion, pin_source)
+
+install_swap (here, shared by every family) calls install_swap_hooks(m, chosen, window), the family's
+part, then installs what every family needs: swap_patch's GuiderCondsWrapper / ChunkRolesWrapper (which
+chunk is the positive one), with an inversion PinSourceToTrajectory (pin_source) and, on a
+rectified-flow model_sampling, inversion.FlowStartFromLatent (the sampler starts at the inverted
+latent, not at zeros). The default install_swap_hooks is the joint-attention swap of DiTs
+(sae_patches/dit_swap.install_joint_swap), driven by two answers an adapter gives:
+  - swap_hook() -> one of dit_swap.HOOKS: "attn1_patch" (core passes the joint q/k/v to
+    transformer_options["patches"]["attn1_patch"]: Flux.1/Flux.2/Chroma, Qwen-Image; ComfyUI 0.33),
+    "mmdit" (SD3/3.5: block marker in patches_replace["dit"] + optimized_attention_override) or
+    "lumina" (Lumina2/Z-Image: optimized_attention_override reading block_type/block_index). Default:
+    attention_hook() when that is one of these names.
+  - swap_layer(layer) -> the (block_type, block_index) pair the hook sees for a LayerInfo. Default:
+    the key "<block_type>.<index>" split at its last dot ("double.3" -> ("double", 3)).
+A DiT adapter therefore needs, for the swap: capabilities containing "swap" (and min_comfyui["swap"]
+where its hook needs a newer ComfyUI), layers(), select() (mapping FPE_PRESET to default_layers("swap"),
+the family's literature default, documented in docs/dit.md) and swap_hook() (or an attention_hook() that
+returns a dit_swap.HOOKS name); swap_layer() only when its keys are not "<type>.<index>". The UNet
+adapter overrides install_swap_hooks (attn1 replaces per layer key and the text-width check).
+default_swap_window() -> (start, end): the family's recommended window (the node's widgets default to
+FPE's 0 to 0.8; docs/dit.md gives each family's).
+
+Invert Latent: check_supported(node, "inversion") only; inversion.invert picks DDIM inversion or the
+reversed flow ODE from the model_sampling itself.
 """
 
 from __future__ import annotations
@@ -166,3 +197,61 @@ class FamilyAdapter:
 
     def install_attention_patch(self, model, patch) -> None:
         raise NotImplementedError
+
+    # -- Self-Attention Swap (see the module docstring) -----------------------------------------------
+
+    def swap_hook(self) -> str:
+        """The dit_swap hook of this family's joint-attention swap (dit_swap.HOOKS)."""
+        from ..dit_swap import HOOKS
+
+        hook = self.attention_hook()
+        if hook not in HOOKS:
+            raise NotImplementedError(f"{type(self).__name__} must define swap_hook() (one of {HOOKS}); "
+                                      f"attention_hook() is {hook!r}")
+        return hook
+
+    def swap_layer(self, layer: LayerInfo) -> tuple[str, int]:
+        """(block_type, block_index) of a layer as the swap hook sees it."""
+        kind, _, index = layer.key.rpartition(".")
+        return kind, int(index)
+
+    def default_swap_window(self) -> tuple[float, float]:
+        """(start, end) fractions of the denoising recommended for the swap on this family."""
+        return 0.0, 0.8  # FPE (Liu et al. 2024): self-attention swapped over the first 80% of the steps
+
+    def install_swap_hooks(self, model, chosen: list[LayerInfo], window) -> None:
+        """Register the swap of the chosen layers on the clone `model` (DiTs: the joint-attention swap)."""
+        from ..dit_swap import install_joint_swap
+
+        install_joint_swap(model, self.swap_hook(), [self.swap_layer(x) for x in chosen], window,
+                           model.get_model_object("diffusion_model"))
+
+    def install_swap(self, model, chosen: list[LayerInfo], window, inversion=None, pin_source: bool = True) -> None:
+        """Self-Attention Swap on the clone `model` (the caller cloned it; the input MODEL is never touched):
+        the family's hooks for the chosen layers with the node's SwapWindow, then the wrappers every family
+        shares (one of each per model, however many swap nodes are chained)."""
+        import comfy.patcher_extension as pe
+
+        from ..inversion import install_flow_start
+        from ..swap_patch import (
+            PIN_WRAPPER_KEY,
+            ROLES_WRAPPER_KEY,
+            ChunkRolesWrapper,
+            GuiderCondsWrapper,
+            PinSourceToTrajectory,
+        )
+
+        self.install_swap_hooks(model, chosen, window)
+        # Which chunk is the positive one, read from the guider (DualCFGGuider and SAG's extra pass do
+        # not put it at cond_or_uncond 0), and the model_sampling in force for the window.
+        model.remove_wrappers_with_key(pe.WrappersMP.PREDICT_NOISE, ROLES_WRAPPER_KEY)
+        model.add_wrapper_with_key(pe.WrappersMP.PREDICT_NOISE, ROLES_WRAPPER_KEY, GuiderCondsWrapper())
+        model.remove_wrappers_with_key(pe.WrappersMP.CALC_COND_BATCH, ROLES_WRAPPER_KEY)
+        model.add_wrapper_with_key(pe.WrappersMP.CALC_COND_BATCH, ROLES_WRAPPER_KEY, ChunkRolesWrapper())
+        if inversion is not None and pin_source:
+            model.remove_wrappers_with_key(pe.WrappersMP.APPLY_MODEL, PIN_WRAPPER_KEY)
+            model.add_wrapper_with_key(pe.WrappersMP.APPLY_MODEL, PIN_WRAPPER_KEY,
+                                       PinSourceToTrajectory(inversion.sigmas, inversion.latents,
+                                                             inversion.check_schedule))
+        if inversion is not None:
+            install_flow_start(model)  # no-op unless the model_sampling is rectified flow

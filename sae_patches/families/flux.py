@@ -19,10 +19,19 @@ Linear's input rows of those tokens (per row of the batch), as on UNets with the
 add_object_patch and the APPLY_MODEL wrapper: ComfyUI 0.3.75 and 0.33 alike.
 
 Layer presets: "all" and "custom list" ("double", "single", "double.3", "single.0", several separated by
-commas); the FPE default is every block (a DiT attends over one token grid at every depth, so FPE's rule
-"levels below the highest-resolution one" has no counterpart; the swap's literature default replaces it
-where one is set). "middle block", "input blocks", "output blocks", "latent resolution" and "lowest
-resolution" name UNet parts and are refused with the reason.
+commas); the FPE preset (its saved name kept) selects the family's literature default, default_layers
+("swap"): a DiT attends over one token grid at every depth, so FPE's rule "levels below the
+highest-resolution one" has no counterpart. "middle block", "input blocks", "output blocks", "latent
+resolution" and "lowest resolution" name UNet parts and are refused with the reason.
+
+Swap default (docs/dit.md): on the Flux.1 layout (19 double + 38 single blocks: Flux.1 dev/schnell/
+Kontext/Fill, Chroma) Stable Flow's vital layers of FLUX.1-dev (Avrahami et al., CVPR 2025; their code:
+double blocks 0, 1, 17, 18 and single blocks 25, 28, 53, 54, 56 counted over all 57, i.e. single 6, 9,
+34, 35, 37); on any other layout (Flux.2, tiny test models) no published set exists and every block is
+swapped. Window: FPE's 0 to 0.8 (base.default_swap_window).
+
+Swap hook: attn1_patch (ComfyUI 0.33: the double and single blocks pass the joint q/k/v with img_slice,
+block_type, block_index); layers as ("double", i) / ("single", i).
 """
 
 from __future__ import annotations
@@ -36,6 +45,10 @@ _BLOCK_MODULE = "comfy.ldm.flux.layers"
 
 CUSTOM_LIST_HELP_DIT = ("comma-separated: 'double' (every double-stream block), 'single' (every single-stream "
                         "block), a block such as 'double.3' or 'single.0'")
+# Stable Flow's vital layers of FLUX.1-dev (19 double + 38 single blocks), as (block type, index).
+FLUX1_LAYOUT = (19, 38)
+STABLE_FLOW_VITAL = (("double", 0), ("double", 1), ("double", 17), ("double", 18),
+                     ("single", 6), ("single", 9), ("single", 34), ("single", 35), ("single", 37))
 UNET_ONLY_PRESETS = ("middle block", "latent resolution", "lowest resolution", "input blocks", "output blocks")
 
 
@@ -74,8 +87,9 @@ class FluxImageRows:
 class FluxAdapter(FamilyAdapter):
     name = "flux"
     display = "Flux-family (Flux.1, Flux.2, Chroma)"
-    capabilities = ("directions", "apply")
-    # The joint-attention swap needs attn1_patch with img_slice in the Flux blocks (not in 0.3.75).
+    capabilities = ("directions", "apply", "swap", "inversion")
+    # The joint-attention swap needs attn1_patch with img_slice in the Flux blocks (not in 0.3.75); the
+    # flow inversion is gated with it (the swap is what uses it; DiT support starts at 0.33).
     min_comfyui = {"swap": (0, 33, 0), "inversion": (0, 33, 0)}
 
     def __init__(self, model):
@@ -115,8 +129,16 @@ class FluxAdapter(FamilyAdapter):
         raise ValueError(f"unknown layer preset {preset!r}; on Flux-family models choose 'all', "
                          f"'{FPE_PRESET}' or 'custom list'")
 
+    def layout(self) -> tuple[int, int]:
+        """(double blocks, single blocks)."""
+        return len(self._dm.double_blocks), len(self._dm.single_blocks)
+
     def default_layers(self, method):
-        return self.layers()
+        layers = self.layers()
+        if method == "swap" and self.layout() == FLUX1_LAYOUT:
+            vital = {f"{kind}.{i}" for kind, i in STABLE_FLOW_VITAL}
+            return [x for x in layers if x.key in vital]
+        return layers
 
     def custom_list_help(self):
         return CUSTOM_LIST_HELP_DIT
@@ -164,6 +186,9 @@ class FluxAdapter(FamilyAdapter):
         start, stop = extra_options.get("img_slice", (0, sequence_length))
         reference = sum(extra_options.get("reference_image_num_tokens", None) or ())
         return slice(int(start), int(stop) - int(reference))
+
+    def swap_hook(self):
+        return "attn1_patch"
 
     def install_attention_patch(self, model, patch):
         model.set_model_attn1_patch(patch)  # Flux blocks read transformer_options["patches"]["attn1_patch"]

@@ -16,6 +16,32 @@ from .base import FamilyAdapter, QKVSource
 PREFIX = "diffusion_model."
 
 
+def attn1_replaces(model) -> dict:
+    return model.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn1", {})
+
+
+def swap_keys(model, available, chosen) -> list[tuple]:
+    """The attn1 replace keys to register. A block whose every depth is chosen gets the block-wide key
+    (block, id): a node that temporarily replaces a whole block for an extra pass (core PAG puts an
+    identity attention on ("middle", 0)) then overrides the swap for that pass only, as it intends;
+    an exact key would silently win over it. Exact keys are kept where a depth is chosen alone or where
+    another node already holds that exact key (ComfyUI looks up the exact key first, so only an exact
+    key can call through it)."""
+    replaces = attn1_replaces(model)
+    depths: dict[tuple, set] = {}
+    for layer in available:
+        depths.setdefault(layer.block, set()).add(layer.depth)
+    keys = []
+    for block in dict.fromkeys(x.block for x in chosen):
+        mine = [x for x in chosen if x.block == block]
+        whole = {x.depth for x in mine} == depths[block]
+        exact = [x.patch_key for x in mine if not whole or x.patch_key in replaces]
+        keys += exact
+        if whole and len(exact) < len(mine):
+            keys.append(block)
+    return keys
+
+
 def _resolution_levels(unet) -> dict[tuple[str, int], int]:
     """(block name, block id) -> level, from where the UNet down- and upsamples."""
     def has(module, cls_name):
@@ -100,3 +126,22 @@ class UNetAdapter(FamilyAdapter):
 
     def image_token_slice(self, extra_options, sequence_length):
         return slice(0, sequence_length)  # attn1 of a UNet sees image tokens only
+
+    def install_swap_hooks(self, model, chosen, window):
+        """FPE's swap as attn1 replaces (keys from swap_keys, calling through the replace another node put
+        on that layer: exact key first, then the block-wide 2-tuple key, ComfyUI's lookup order), and SwapInputCheck: pairs batch and text widths checked before the UNet runs. `model` is
+        the clone; the replaces already there are read from it (a clone shares them with its input)."""
+        import comfy.patcher_extension as pe
+
+        from ..swap_patch import CHECK_WRAPPER_KEY, SelfAttentionSwapPatch, SwapInputCheck, expected_widths
+
+        edit_chunks = frozenset({0, 1}) if window.all_chunks else frozenset({0})
+        available = self.layers()
+        replaces = dict(attn1_replaces(model))
+        for key in swap_keys(model, available, chosen):
+            inner = (replaces.get(key) or replaces.get(key[:2])) if len(key) == 3 else replaces.get(key)
+            model.set_model_attn1_replace(SelfAttentionSwapPatch(window.start, window.end, edit_chunks, inner, window),
+                                          *key)
+        model.remove_wrappers_with_key(pe.WrappersMP.DIFFUSION_MODEL, CHECK_WRAPPER_KEY)
+        model.add_wrapper_with_key(pe.WrappersMP.DIFFUSION_MODEL, CHECK_WRAPPER_KEY,
+                                   SwapInputCheck(*expected_widths(model.get_model_object("diffusion_model"))))
