@@ -19,6 +19,7 @@ if str(REPO) not in sys.path:
     sys.path.append(str(REPO))  # for `tools`; appended so ComfyUI's own modules keep precedence
 
 from tools.comfy_server import ComfyServer  # noqa: E402
+from tools.example_requirements import place_empty_models  # noqa: E402
 from tools.standin_checkpoint import FILENAME as STANDIN_NAME  # noqa: E402
 from tools.standin_checkpoint import ensure_standin_checkpoint  # noqa: E402
 
@@ -41,11 +42,13 @@ def standin_checkpoint() -> Path:
 
 @pytest.fixture(scope="session")
 def server_models_dir(standin_checkpoint, tmp_path_factory) -> Path:
-    """A models/ folder for the server: the stand-in checkpoint (symlinked) and a broken one."""
+    """A models/ folder for the server: the stand-in checkpoint (symlinked), a broken one, and empty
+    stand-ins of the files the Flux example workflows expect (listed by the loaders, never loaded)."""
     models = tmp_path_factory.mktemp("models")
     (models / "checkpoints").mkdir()
     (models / "checkpoints" / STANDIN_NAME).symlink_to(standin_checkpoint)
     (models / "checkpoints" / BROKEN_CHECKPOINT).write_bytes(b"not a safetensors file")
+    place_empty_models(models)
     return models
 
 

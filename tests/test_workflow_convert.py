@@ -277,3 +277,31 @@ def test_conversion_does_not_modify_its_input(object_info):
     before = copy.deepcopy(wf)
     ui_to_api(wf, object_info)
     assert wf == before
+
+
+EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "example_workflows").glob("*.json"))
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_every_example_workflow_converts_to_an_api_prompt(object_info, path):
+    """Each example workflow (the Flux ones too, which are never run here: they need Flux weights) converts
+    to an API prompt: one entry per backend node (Notes dropped), every required input of each class
+    present, every link pointing at a node of the prompt and an output slot its class has, and the
+    loaders' file names as the workflow stores them."""
+    wf = json.loads(path.read_text())
+    prompt = ui_to_api(wf, object_info)
+    backend = [n for n in wf["nodes"] if n["type"] in object_info]
+    assert sorted(prompt, key=int) == sorted(str(n["id"]) for n in backend)
+    assert {n["type"] for n in wf["nodes"]} - set(object_info) <= {"Note", "MarkdownNote"}
+    for node_id, entry in prompt.items():
+        info = object_info[entry["class_type"]]
+        missing = set(info["input"].get("required", {})) - set(entry["inputs"])
+        assert not missing, (node_id, entry["class_type"], missing)
+        for value in entry["inputs"].values():
+            if isinstance(value, list) and len(value) == 2 and isinstance(value[1], int):
+                src = prompt[str(value[0])]
+                assert value[1] < len(object_info[src["class_type"]]["output"]), (node_id, value)
+    required = (wf.get("extra", {}).get("sae_requires") or {}).get("models", {})
+    stored = {v for e in prompt.values() for v in e["inputs"].values() if isinstance(v, str)}
+    assert {name for names in required.values() for name in names} <= stored

@@ -70,6 +70,14 @@ class Graph:
             "widgets_values": widgets})
         return node_id
 
+    def note(self, text):
+        """A front-end Note node (no backend class: the API conversion drops it, as the front end does)."""
+        node_id = len(self.nodes) + 1
+        self.nodes.append({
+            "id": node_id, "type": "Note", "pos": [0, 0], "size": [420, 220], "flags": {}, "order": node_id - 1,
+            "mode": 0, "inputs": [], "outputs": [], "properties": {"text": ""}, "widgets_values": [text]})
+        return node_id
+
     def out(self, node_id, slot=0):
         return (node_id, slot)
 
@@ -94,7 +102,16 @@ def node_defs():
     import testbed
 
     testbed.load_pack()
+    import asyncio
+
     import nodes
+
+    # Core nodes the Flux workflows use that live in comfy_extras (FluxGuidance, EmptySD3LatentImage): loaded
+    # the way the server loads them, only these two files.
+    extras = Path(nodes.__file__).resolve().parent / "comfy_extras"
+    for name in ("nodes_flux.py", "nodes_sd3.py"):
+        if not asyncio.run(nodes.load_custom_node(str(extras / name), module_parent="comfy_extras")):
+            raise RuntimeError(f"ComfyUI's comfy_extras/{name} did not load")
 
     defs = {}
     for name, cls in nodes.NODE_CLASS_MAPPINGS.items():
@@ -207,12 +224,116 @@ def direction_with_swap(g):
     return 2, ((SIZE, SIZE),)
 
 
+# ---------------------------------------------------------------------------------------------------
+# Flux-style models (Flux.1 dev with its usual loaders). These need Flux weights, which do not exist on the
+# test machines: they are loaded in the browser test and converted to API format, never run there
+# (extra.sae_requires: the model files, placed as empty stand-ins so the loaders' combos list them, and why).
+
+FLUX_SIZE = 1024
+FLUX_STEPS = 20
+FLUX_GUIDANCE = 3.5
+FLUX_MODELS = {"diffusion_models": ["flux1-dev.safetensors"],
+               "text_encoders": ["clip_l.safetensors", "t5xxl_fp16.safetensors"], "vae": ["ae.safetensors"]}
+FLUX_REASON = "needs the Flux.1 dev weights (about 30 GB), which the test machines do not have"
+FLUX_FILES = ("Expects ComfyUI's usual Flux.1 files: models/diffusion_models/flux1-dev.safetensors (UNETLoader), "
+              "models/text_encoders/clip_l.safetensors and t5xxl_fp16.safetensors (DualCLIPLoader, type flux; "
+              "t5xxl_fp8_e4m3fn.safetensors works too), models/vae/ae.safetensors (VAELoader). Flux.1 schnell, "
+              "Kontext and Chroma load the same way (Chroma: CLIPLoader with t5 only, type chroma); Flux.2: its own "
+              "text encoder and VAE. Needs ComfyUI 0.33 or newer for the swap and the inversion (docs/dit.md).")
+
+
+def flux_base(g, notes):
+    g.extra["sae_requires"] = {"models": FLUX_MODELS, "reason": FLUX_REASON}
+    g.note(notes + "\n\n" + FLUX_FILES)
+    unet = g.add("UNETLoader", unet_name=FLUX_MODELS["diffusion_models"][0], weight_dtype="default")
+    clip = g.add("DualCLIPLoader", clip_name1="clip_l.safetensors", clip_name2="t5xxl_fp16.safetensors", type="flux")
+    vae = g.add("VAELoader", vae_name="ae.safetensors")
+    neg = g.add("CLIPTextEncode", clip=g.out(clip), text="")  # unused at cfg 1 (Flux dev is guidance-distilled)
+    return unet, clip, vae, neg
+
+
+def flux_text(g, clip, text):
+    return g.add("FluxGuidance", conditioning=g.out(g.add("CLIPTextEncode", clip=g.out(clip), text=text)),
+                 guidance=FLUX_GUIDANCE)
+
+
+def flux_direction_edit(g):
+    unet, clip, vae, neg = flux_base(g, (
+        "Method A on Flux: eigendirections of the image stream's q/k/v weights (img_attn.qkv of the double "
+        "blocks, the first 3D rows of linear1 in the single blocks) of the FPE-preset layers (on Flux.1: Stable "
+        "Flow's vital layers), then one direction added to the image tokens' attention input over 50-80% of the "
+        "denoising. Original and edited side by side."))
+    pos = flux_text(g, clip, "a photo of a red vintage car parked on a cobblestone street")
+    dirs = g.add("SAEdit_ComputeEigendirections", model=g.out(unet), top_k=4)
+    m = g.add("SAEdit_ApplyLatentDirection", model=g.out(unet), directions=g.out(dirs), index=0, alpha=0.3)
+    lat = g.add("EmptySD3LatentImage", width=FLUX_SIZE, height=FLUX_SIZE, batch_size=1)
+    images = []
+    for model in (g.out(unet), g.out(m)):
+        s = g.add("KSampler", model=model, positive=g.out(pos), negative=g.out(neg), latent_image=g.out(lat),
+                  seed=7, steps=FLUX_STEPS, cfg=1.0, sampler_name="euler", scheduler="simple")
+        images.append(g.add("VAEDecode", samples=g.out(s), vae=g.out(vae)))
+    both = g.add("ImageBatch", image1=g.out(images[0]), image2=g.out(images[1]))
+    g.add("SaveImage", images=g.out(both), filename_prefix="sae/flux_direction_edit")
+    return 2, ((FLUX_SIZE, FLUX_SIZE),)
+
+
+def _flux_pairs(g, model, clip, vae, neg, src_text, tgt_text, latent, prefix, advanced=False):
+    src = g.add("CLIPTextEncode", clip=g.out(clip), text=src_text)
+    tgt = g.add("CLIPTextEncode", clip=g.out(clip), text=tgt_text)
+    cond = g.add("FluxGuidance", conditioning=g.out(g.add("SAEdit_PairConditioning", source=g.out(src),
+                                                           target=g.out(tgt))), guidance=FLUX_GUIDANCE)
+    pairs = g.add("SAEdit_MakePairs", latent=latent)
+    if advanced:
+        s = g.add("KSamplerAdvanced", model=model, add_noise="disable", noise_seed=0, steps=FLUX_STEPS, cfg=1.0,
+                  sampler_name="euler", scheduler="simple", positive=g.out(cond), negative=g.out(neg),
+                  latent_image=g.out(pairs), start_at_step=0, end_at_step=10000, return_with_leftover_noise="disable")
+    else:
+        s = g.add("KSampler", model=model, positive=g.out(cond), negative=g.out(neg), latent_image=g.out(pairs),
+                  seed=3, steps=FLUX_STEPS, cfg=1.0, sampler_name="euler", scheduler="simple")
+    split = g.add("SAEdit_SplitPairs", images=g.out(g.add("VAEDecode", samples=g.out(s), vae=g.out(vae))))
+    g.add("SaveImage", images=g.out(split, 0), filename_prefix=f"sae/{prefix}_source")
+    g.add("SaveImage", images=g.out(split, 1), filename_prefix=f"sae/{prefix}_target")
+
+
+def flux_prompt_edit_swap(g):
+    unet, clip, vae, neg = flux_base(g, (
+        "Method B on Flux (Free-Prompt-Editing in the joint attention): source and target are sampled as a pair; "
+        "in the FPE-preset blocks (on Flux.1: Stable Flow's vital layers) the target's image tokens attend with "
+        "the source's q/k over the first 80% of the denoising, keeping their own values: the source's layout, "
+        "the target prompt's content. FluxGuidance goes after Source/Target Conditioning."))
+    swap = g.add("SAEdit_SelfAttentionSwap", model=g.out(unet))
+    lat = g.add("EmptySD3LatentImage", width=FLUX_SIZE, height=FLUX_SIZE, batch_size=1)
+    _flux_pairs(g, g.out(swap), clip, vae, neg, "a photo of a cat sitting on a wooden bench in a park",
+                "a photo of a dog sitting on a wooden bench in a park", g.out(lat), "flux_prompt_edit")
+    return 2, ((FLUX_SIZE, FLUX_SIZE),)
+
+
+def flux_real_image_edit(g):
+    unet, clip, vae, neg = flux_base(g, (
+        "Real-image edit on Flux: Invert Latent runs the flow ODE backwards (empty source prompt, cfg 1), the "
+        "swap pins the source to the recorded trajectory and starts the sampler at the inverted latent "
+        "(KSamplerAdvanced, add_noise disabled, same steps and scheduler). For a plain reconstruction without "
+        "the swap, sample with Invert Latent's 'model' output instead: a flow sampler with add_noise disabled "
+        "otherwise starts from zeros. Replace the example picture with your photo (1024 px works best)."))
+    image = g.add("LoadImage", image="sae_example.png")
+    enc = g.add("VAEEncode", pixels=g.out(image), vae=g.out(vae))
+    inv = g.add("SAEdit_InvertLatent", model=g.out(unet), positive=g.out(flux_text(g, clip, "")), latent=g.out(enc),
+                steps=FLUX_STEPS, scheduler="simple")
+    swap = g.add("SAEdit_SelfAttentionSwap", model=g.out(unet), inversion=g.out(inv, 1))
+    _flux_pairs(g, g.out(swap), clip, vae, neg, "", "a watercolor painting", g.out(inv, 0), "flux_real_image_edit",
+                advanced=True)
+    return 2, ((SIZE, SIZE),)  # the example picture's size; your photo's otherwise
+
+
 WORKFLOWS = {
     "direction_explorer": (direction_explorer, "Alpha sweep over the top 3 directions of the middle block, as a grid"),
     "single_direction_edit": (single_direction_edit, "One direction edit: original and edited side by side"),
     "prompt_edit_swap": (prompt_edit_swap, "Prompt edit of a generated image with Self-Attention Swap"),
     "real_image_edit": (real_image_edit, "Real-image edit: DDIM inversion, then the swap with source pinning"),
     "direction_with_swap": (direction_with_swap, "A direction edit whose structure is held by the swap"),
+    "flux_direction_edit": (flux_direction_edit, "Flux.1: one direction edit, original and edited (needs Flux weights)"),
+    "flux_prompt_edit_swap": (flux_prompt_edit_swap, "Flux.1: prompt edit with Self-Attention Swap (needs Flux weights)"),
+    "flux_real_image_edit": (flux_real_image_edit, "Flux.1: real-image edit, flow inversion + swap (needs Flux weights)"),
 }
 
 

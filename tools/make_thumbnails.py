@@ -7,6 +7,11 @@ ComfyUI's template browser shows <name>.jpg beside example_workflows/<name>.json
 workflow's images side by side (source | target, original | edited; the explorer's sweep grid as it is),
 fitted into SIZE x SIZE on a dark background, as a JPEG kept under MAX_BYTES. The main job's default model is
 the shapes-world demo model, so these are real edits (the README shows them).
+
+Workflows that need other weights (extra.sae_requires: the Flux ones) cannot be rendered here: their
+thumbnails are schematics of the graph, labelled as such ("schematic, not a render"), written by
+
+    $SAE_VENV/bin/python tools/make_thumbnails.py --schematic
 """
 
 from __future__ import annotations
@@ -71,11 +76,65 @@ def save_small_jpeg(image: Image.Image, path: Path, max_bytes: int = MAX_BYTES) 
     return path.stat().st_size
 
 
+# The node chain each schematic thumbnail draws (the workflow's main path, left to right, top to bottom).
+SCHEMATIC = {
+    "flux_direction_edit": ["UNET / DualCLIP / VAE loaders", "Compute Attention Eigendirections",
+                            "Apply Latent Direction", "KSampler (original | edited)"],
+    "flux_prompt_edit_swap": ["UNET / DualCLIP / VAE loaders", "Source/Target Cond. + FluxGuidance",
+                              "Self-Attention Swap", "KSampler on the pairs"],
+    "flux_real_image_edit": ["LoadImage / VAEEncode", "Invert Latent (flow ODE)",
+                             "Self-Attention Swap (pinned source)", "KSamplerAdvanced, no added noise"],
+}
+
+
+def schematic(title: str, steps: list[str], size: int = SIZE) -> Image.Image:
+    """A labelled diagram of a workflow's node chain: clearly not a picture the workflow made."""
+    canvas = Image.new("RGB", (size, size), BACKGROUND)
+    draw = ImageDraw.Draw(canvas)
+    small, big = ImageFont.load_default(size=11), ImageFont.load_default(size=14)
+    draw.text((size // 2, 12), title, fill=(235, 235, 235), font=big, anchor="mt")
+    box_h, gap, top = 30, 14, 40
+    for i, text in enumerate(steps):
+        y = top + i * (box_h + gap)
+        draw.rounded_rectangle((14, y, size - 14, y + box_h), radius=6, outline=(110, 160, 230), width=2,
+                               fill=(36, 44, 58))
+        draw.text((size // 2, y + box_h // 2), text, fill=(220, 220, 220), font=small, anchor="mm")
+        if i + 1 < len(steps):
+            draw.line((size // 2, y + box_h, size // 2, y + box_h + gap), fill=(110, 160, 230), width=2)
+    draw.text((size // 2, size - 10), "schematic, not a render (needs Flux weights)", fill=(240, 180, 90),
+              font=small, anchor="mb")
+    return canvas
+
+
+def write_schematics(dest: Path = REPO / "example_workflows") -> list[str]:
+    """<name>.jpg for every workflow in dest that needs weights this machine lacks (extra.sae_requires)."""
+    written = []
+    for path in sorted(dest.glob("*.json")):
+        wf = json.loads(path.read_text())
+        if not wf.get("extra", {}).get("sae_requires"):
+            continue
+        title = "Flux.1 · " + path.stem.removeprefix("flux_").replace("_", " ")
+        steps = SCHEMATIC.get(path.stem, [n["type"] for n in wf["nodes"] if n["type"] != "Note"][:5])
+        size = save_small_jpeg(schematic(title, steps), dest / f"{path.stem}.jpg")
+        sys.stderr.write(f"[thumbnails] {path.stem}.jpg: schematic, {size / 1000:.1f} kB\n")
+        written.append(path.stem)
+    return written
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("out", type=Path, help="folder written by scripts/run-examples.sh (holds summary.json)")
+    ap.add_argument("out", type=Path, nargs="?",
+                    help="folder written by scripts/run-examples.sh (holds summary.json)")
     ap.add_argument("--dest", type=Path, default=REPO / "example_workflows")
+    ap.add_argument("--schematic", action="store_true",
+                    help="(re)write the schematic thumbnails of the workflows that need other weights")
     args = ap.parse_args(argv)
+    if args.schematic:
+        write_schematics(args.dest)
+    if args.out is None:
+        if not args.schematic:
+            ap.error("give the run folder, or --schematic")
+        return 0
     summary = json.loads((args.out / "summary.json").read_text())
     for name, entry in summary["workflows"].items():
         if not (args.dest / f"{name}.json").is_file():

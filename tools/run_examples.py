@@ -24,6 +24,7 @@ sys.path.insert(0, str(REPO))
 
 from tools import standin_checkpoint  # noqa: E402
 from tools.comfy_server import ComfyServer  # noqa: E402
+from tools.example_requirements import requires_weights  # noqa: E402
 from tools.workflow_convert import ui_to_api  # noqa: E402
 
 WORKFLOWS = REPO / "example_workflows"
@@ -60,12 +61,17 @@ def run(out_dir: Path, checkpoint: Path | None = None, only=None, timeout: float
         if not link.exists():
             link.symlink_to(checkpoint)
     model_name = checkpoint.name if checkpoint else "shapes-world demo model (embedded)"
-    summary = {"checkpoint": model_name, "workflows": {}}
+    summary = {"checkpoint": model_name, "workflows": {}, "skipped": {}}
     with ComfyServer(custom_node_dirs={"self-attention-edit": REPO}, models_dir=models, output_dir=out_dir) as server:
         shutil.copy(EXAMPLE_IMAGE, server.tmp / "base" / "input" / EXAMPLE_IMAGE.name)
         info = server.object_info()
         for path in workflow_files(only):
             workflow = json.loads(path.read_text())
+            reason = requires_weights(workflow)
+            if reason:  # the Flux-style workflows: their weights are not the demo model's or the stand-in's
+                summary["skipped"][path.stem] = reason
+                sys.stderr.write(f"[examples] {path.stem}: skipped ({reason})\n")
+                continue
             prompt = ui_to_api(workflow, info)
             if checkpoint is not None:
                 use_checkpoint(prompt, checkpoint.name)
