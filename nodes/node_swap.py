@@ -39,7 +39,9 @@ class SelfAttentionSwap(io.ComfyNode):
                                tooltip="Self-attention layers whose maps are swapped. FPE default: every level "
                                        "below the model's highest-resolution self-attention level (maps of at "
                                        "most 1/4 of its largest map's tokens): 11 of 16 layers on SD1.x/2.x, "
-                                       "60 of 70 on SDXL, the same layers at every image size."),
+                                       "60 of 70 on SDXL, the same layers at every image size. On Flux.1/Chroma "
+                                       "the same preset selects Stable Flow's 9 vital layers, on Flux.2 every "
+                                       "block (docs/dit.md)."),
                 io.Float.Input("start", default=0.0, min=0.0, max=1.0, step=0.01,
                                tooltip="Swap from this fraction of the denoising (ComfyUI's percent scale, as "
                                        "ControlNet's start_percent; = fraction of the steps on the normal/simple/"
@@ -52,9 +54,13 @@ class SelfAttentionSwap(io.ComfyNode):
                                        "DualCFGGuider's cond1 and never SAG's extra unconditional pass) or on "
                                        "every conditioning (positive and negative)."),
                 io.String.Input("custom_layers", default="", optional=True,
-                                tooltip="Used when layers is 'custom list': " + CUSTOM_LIST_HELP),
+                                tooltip="Used when layers is 'custom list': " + CUSTOM_LIST_HELP
+                                        + "; on Flux-family models: 'double', 'single', 'double.3', 'single.0', "
+                                          "comma-separated"),
                 InversionType.Input("inversion", optional=True,
-                                    tooltip="From Invert Latent: edit a real image; the source is reconstructed."),
+                                    tooltip="From Invert Latent: edit a real image; the source is reconstructed. "
+                                            "On flow models (Flux) the sampler also starts at the inverted "
+                                            "latent."),
                 io.Boolean.Input("pin_source", default=True, optional=True,
                                  tooltip="With an inversion: hold the source branch on the stored inversion "
                                          "trajectory at every step (FPE's trick; better reconstruction)."),

@@ -292,7 +292,7 @@ def test_every_example_workflow_converts_to_an_api_prompt(object_info, path):
     wf = json.loads(path.read_text())
     prompt = ui_to_api(wf, object_info)
     backend = [n for n in wf["nodes"] if n["type"] in object_info]
-    assert sorted(prompt, key=int) == sorted(str(n["id"]) for n in backend)
+    assert sorted(prompt, key=int) == sorted((str(n["id"]) for n in backend), key=int)
     assert {n["type"] for n in wf["nodes"]} - set(object_info) <= {"Note", "MarkdownNote"}
     for node_id, entry in prompt.items():
         info = object_info[entry["class_type"]]

@@ -264,7 +264,9 @@ def flux_direction_edit(g):
         "Flow's vital layers), then one direction added to the image tokens' attention input over 50-80% of the "
         "denoising. Original and edited side by side."))
     pos = flux_text(g, clip, "a photo of a red vintage car parked on a cobblestone street")
-    dirs = g.add("SAEdit_ComputeEigendirections", model=g.out(unet), top_k=4)
+    # 'middle block' (the node's default) names a UNet part; on Flux the FPE preset is the family default.
+    dirs = g.add("SAEdit_ComputeEigendirections", model=g.out(unet), layers="below latent resolution (FPE default)",
+                 top_k=4)
     m = g.add("SAEdit_ApplyLatentDirection", model=g.out(unet), directions=g.out(dirs), index=0, alpha=0.3)
     lat = g.add("EmptySD3LatentImage", width=FLUX_SIZE, height=FLUX_SIZE, batch_size=1)
     images = []
