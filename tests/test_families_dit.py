@@ -353,8 +353,9 @@ def _skip_without_swap_hooks(adapter):
     base = testbed.pack_module("sae_patches.families.base")
     need, have = adapter.min_comfyui.get("swap"), base.comfyui_version()
     if need is not None and (have is None or have < need):
-        pytest.skip(f"ComfyUI {base.version_text(have)}: the {adapter.display} swap hook needs "
-                    f"ComfyUI {base.version_text(need)} (attn1_patch / block_index in the blocks)")
+        missing = {"qwen_image": "attn1_patch in its blocks", "lumina2": "block_index in its transformer_options"}
+        pytest.skip(f"ComfyUI {base.version_text(have)}: {adapter.display} has no {missing[adapter.name]} (the "
+                    f"swap hook needs ComfyUI {base.version_text(need)})")
 
 
 class CallProbe:
