@@ -89,7 +89,8 @@ def image_rows(name, length, latent_shape):
     if FAMILY[name] == "lumina2":
         padded = n + (-n) % 32
         return slice(length - padded, length - padded + n)
-    assert length == n, (name, length, n)
+    # Qwen-Image-Edit's reference tokens follow the image tokens in the image stream (never in SD3)
+    assert length == n or (FAMILY[name] == "qwen_image" and length > n), (name, length, n)
     return slice(0, n)
 
 
@@ -220,7 +221,7 @@ class Recorder:
             h.remove()
 
 
-def check_exact_edit(sae, name, sampler, scale, size=None, steps=6):
+def check_exact_edit(sae, name, sampler, scale, size=None, steps=6, references=None):
     """Sample with an Apply node (alpha per latent 0.4, -0.7; window 0.5..0.8; cfg 2: cond and uncond rows) and
     check every recorded Linear call against W x + b: image rows of the q/k/v Linears moved by
     alpha * s * W n, all else bit-identical. Returns (calls inside the window, calls outside, worst error)."""
@@ -230,6 +231,8 @@ def check_exact_edit(sae, name, sampler, scale, size=None, steps=6):
     edited = apply(sae, model, d, index=1, start=0.5, end=0.8, scale=scale, sweep="0.4, -0.7")
     low, high = window_sigmas(model.get_model_object("model_sampling"), 0.5, 0.8)
     cond, neg = dit_testbed.tiny_dit_conditioning(family, 1), dit_testbed.tiny_dit_conditioning(family, 2)
+    if references is not None:  # on the positive prompt only: cond and uncond run as separate calls
+        cond = [[cond[0][0], {**cond[0][1], "reference_latents": references}]]
     recorder = Recorder(model)
     try:
         dit_testbed.sample(recorder.wrap(edited), family, cond, neg, dit_testbed.dit_latent(family, batch=2, size=size),
@@ -239,6 +242,7 @@ def check_exact_edit(sae, name, sampler, scale, size=None, steps=6):
     linears = image_linears(model)
     inside_calls = outside_calls = 0
     worst = 0.0
+    lengths = set()
     for sigmas, shape, layers, texts in recorder.calls:
         assert set(layers) == set(linears)
         rows = sigmas.shape[0]
@@ -251,6 +255,7 @@ def check_exact_edit(sae, name, sampler, scale, size=None, steps=6):
             for linear, (x, out) in zip(linears[key], seen):
                 plain = torch.nn.functional.linear(x, linear.weight, linear.bias)
                 img = image_rows(name, x.shape[1], shape)
+                lengths.add(x.shape[1])
                 z = x[:, img].double()
                 s = z.norm(dim=-1).mean(dim=-1) if scale == RELATIVE else torch.ones(rows, dtype=torch.float64)
                 want = torch.zeros_like(out, dtype=torch.float64)
@@ -264,6 +269,7 @@ def check_exact_edit(sae, name, sampler, scale, size=None, steps=6):
         for linear, x, out in texts:
             assert torch.equal(out, torch.nn.functional.linear(x, linear.weight, linear.bias))
     assert sae("sae_patches.direction_patch").current_call() is None
+    check_exact_edit.lengths = lengths
     return inside_calls, outside_calls, worst
 
 
@@ -279,6 +285,16 @@ def test_apply_edits_exactly_the_image_qkv_inside_the_window(sae, name, sampler,
     text-only Linears (Qwen-Image add_*_proj, SD3 context_block qkv, Z-Image's refiners) never change."""
     inside, outside, worst = check_exact_edit(sae, name, sampler, scale, size)
     assert inside and outside, (inside, outside)
+
+
+def test_apply_leaves_qwen_image_edit_reference_tokens_alone(sae):
+    """Qwen-Image-Edit reference latents (a 6x10 reference on the positive prompt only, appended after the
+    image tokens in the image stream): the reference rows keep their to_q/to_k/to_v outputs bit for bit in
+    every call, the image rows move exactly."""
+    inside, outside, _worst = check_exact_edit(sae, "qwen_image", "euler", RELATIVE,
+                                               references=[torch.randn(1, 16, 1, 6, 10)])
+    n = dit_testbed.image_tokens("qwen_image")
+    assert inside and outside and check_exact_edit.lengths == {n, n + 15}, check_exact_edit.lengths  # 3x5 patches
 
 
 def test_chained_apply_nodes_add_their_edits(sae):
