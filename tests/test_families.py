@@ -80,11 +80,12 @@ def test_unet_adapter_keeps_the_unet_layers(sae):
 
 
 def test_unknown_family_is_refused_naming_model_and_families(sae):
-    """A MODEL whose family the pack does not know (SD3.5's MMDiT here): every model node names itself,
+    """A MODEL whose family the pack does not know (AuraFlow's MMDiT here): every model node names itself,
     the model's class and the supported families."""
-    model = dit_testbed.tiny_dit("sd3")
+    model = dit_testbed.tiny_unknown_dit()
     for fn, name in ((lambda: compute(sae, model), COMPUTE),):
-        expect_error(sae, fn, name, "model", "'SD3'", "supported: SD1.x, SD2.x and SDXL UNets", "Flux.1")
+        expect_error(sae, fn, name, "model", "'AuraFlow'", "supported: SD1.x, SD2.x and SDXL UNets", "Flux.1",
+                     "Qwen-Image", "SD3", "Z-Image")
 
 
 @pytest.mark.parametrize("family", ("flux",))
