@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from .direction_math import SCALES, check_alpha, parse_alphas
+from .direction_math import SCALE_MODES, SCALES, check_alpha, parse_alphas
 from .direction_patch import LatentDirectionPatch, install_window_wrappers
 from .errors import NOT_SD_UNET, NodeInputError, model_name
 from .layers import CUSTOM_LIST_HELP, LayerInfo, select_layers
@@ -138,6 +138,6 @@ def build_direction_patch(model, directions, index, alpha, window_start, window_
         alphas=alphas,
         start=window_start,
         end=window_end,
-        relative=alpha_scale == SCALES[0],
+        scale=SCALE_MODES[alpha_scale],
         fallback_sampling=model.get_model_object("model_sampling"),
     )
