@@ -50,7 +50,7 @@ def direction_figure(ctx, result: dict, path: Path, scale: str, alphas, count: i
                      result["screen"].items() for e in entries if e["kind"] == "eigen"), key=lambda x: -x[0])
     chosen, seen = [], set()
     for pass_ in (0, 1):  # distinct top factors first, then the next best
-        for score, label, e in ranked:
+        for _score, label, e in ranked:
             key = (label, e["index"])
             if len(chosen) < count and key not in {(c[0], c[1]["index"]) for c in chosen} and \
                     (pass_ or e["at"][mag]["top"] not in seen):

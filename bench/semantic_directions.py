@@ -18,7 +18,6 @@ import math
 import time
 
 import numpy as np
-
 import semantic_common as sc
 import semantic_spread
 

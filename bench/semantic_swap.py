@@ -17,7 +17,6 @@ import math
 import time
 
 import numpy as np
-
 import semantic_common as sc
 
 EDITS = ("colour", "shape", "background")
@@ -154,9 +153,9 @@ def run(ctx, config: str, log=print) -> dict:
 
 
 def tables(result: dict) -> str:
-    from _common import md_table
-
     from semantic_directions import fmt
+
+    from _common import md_table
 
     out = [f"### Method B: prompt edits with and without the swap ({result['seeds']} pairs per edit, "
            f"{result['steps']} steps)\n",
