@@ -107,14 +107,15 @@ def render(ctx: Ctx, model, noise, texts: list[str], chunk: int = 96, cfg: float
     import torch
 
     out = []
-    for begin in range(0, len(texts), chunk):
-        part = slice(begin, begin + chunk)
-        n = noise[part]
-        start = torch.zeros_like(n) if latent is None else latent[part]
-        samples = comfy.sample.sample(model, n if add_noise else torch.zeros_like(n), ctx.steps, cfg, SAMPLER,
-                                      SCHEDULER, ctx.conditioning(texts[part]), ctx.conditioning([""] * len(n)),
-                                      start, seed=0, disable_pbar=True)
-        out.append(ctx.vae.decode(samples).cpu().float().numpy())
+    with torch.no_grad():  # as ComfyUI's executor samples
+        for begin in range(0, len(texts), chunk):
+            part = slice(begin, begin + chunk)
+            n = noise[part]
+            start = torch.zeros_like(n) if latent is None else latent[part]
+            samples = comfy.sample.sample(model, n if add_noise else torch.zeros_like(n), ctx.steps, cfg, SAMPLER,
+                                          SCHEDULER, ctx.conditioning(texts[part]), ctx.conditioning([""] * len(n)),
+                                          start, seed=0, disable_pbar=True)
+            out.append(ctx.vae.decode(samples).cpu().float().numpy())
     return np.concatenate(out)
 
 

@@ -215,6 +215,7 @@ def run(ctx, config: str, log=print) -> dict:
             windows.append({"preset": label, "index": e["index"], "alpha": top_mag, "windows": rows})
             log(f"[A] windows {label} #{e['index']} ({time.perf_counter() - t0:.0f} s)")
         result["windows"] = windows
+    result["scales"] = scale_analysis(result)
     result["seconds"] = time.perf_counter() - t0
     return result
 
@@ -234,6 +235,45 @@ def scale_factors(spread: dict, source, layers: str, index: int, kind: str, k: i
     gm = lambda v: float(np.exp(np.mean(np.log(v))))  # noqa: E731
     return {"token_norm": gm(tn), "row_rms": gm(rms), "std": gm(std), "absolute_per_unit": gm(tn),
             "spread_per_unit": gm(tn / rms), "layers": keys}
+
+
+def scale_analysis(result: dict) -> dict:
+    """Which alpha scale makes one number mean the same edit size everywhere? For every screened direction:
+    the edit size per unit alpha (total normalised change at the screen's largest |alpha|, divided by
+    that alpha expressed in each scale), and for every swept direction the |alpha| where fidelity breaks,
+    in each scale. The spread of their logarithms across directions and presets (a factor: exp(std)) is
+    how far one UI range misfits some layer; smaller is better."""
+    mag = max(abs(a) for a in CONFIGS[result["config"]]["screen_alphas"])
+    per_unit = {"token_norm": [], "absolute": [], "spread": []}
+    for entries in result["screen"].values():
+        for e in entries:
+            total = e["at"][str(mag)]["total"]
+            if total <= 0:
+                continue
+            f = e["scale_factors"]
+            per_unit["token_norm"].append(total / mag)
+            per_unit["absolute"].append(total / (mag * f["absolute_per_unit"]))
+            per_unit["spread"].append(total / (mag * f["spread_per_unit"]))
+    breaks = {"token_norm": [], "absolute": [], "spread": []}
+    for kinds in (result.get("sweep") or {}).values():
+        for d in kinds.values():
+            for sign in ("negative", "positive"):
+                b = d["break"][sign]
+                if b is not None:
+                    f = d["scale_factors"]
+                    breaks["token_norm"].append(b)
+                    breaks["absolute"].append(b * f["absolute_per_unit"])
+                    breaks["spread"].append(b * f["spread_per_unit"])
+
+    def spread_factor(v):
+        return float(np.exp(np.std(np.log(v)))) if len(v) >= 2 else math.nan
+
+    return {scale: {"edit_per_unit_median": float(np.median(per_unit[scale])) if per_unit[scale] else math.nan,
+                    "edit_per_unit_spread_factor": spread_factor(per_unit[scale]),
+                    "break_alpha_median": float(np.median(breaks[scale])) if breaks[scale] else math.nan,
+                    "break_alpha_min": float(np.min(breaks[scale])) if breaks[scale] else math.nan,
+                    "break_alpha_spread_factor": spread_factor(breaks[scale]), "breaks": len(breaks[scale])}
+            for scale in per_unit}
 
 
 def break_alpha(desc: dict, base: sc.Factors) -> dict:
@@ -310,6 +350,12 @@ def tables(result: dict) -> str:
                 rows.append([w["preset"], w["index"], name, s["top"], fmt(s["effect"]), fmt(s["share"]),
                              fmt(s["clean"]), fmt(s["bg_psnr"], 1)])
         out.append(sc_md(["preset", "direction", "window", "top factor", "effect", "share", "clean", "bg PSNR"], rows))
+    out.append("\n### Alpha's scale: edit size per unit alpha and where images break, in each scale\n")
+    rows = [[name, fmt(v["edit_per_unit_median"], 4), fmt(v["edit_per_unit_spread_factor"]),
+             fmt(v["break_alpha_median"]), fmt(v["break_alpha_min"]), fmt(v["break_alpha_spread_factor"]), v["breaks"]]
+            for name, v in result["scales"].items()]
+    out.append(sc_md(["scale", "edit per unit alpha (median)", "x spread across directions", "break |alpha| median",
+                      "break min", "x spread across presets", "breaks seen"], rows))
     out.append("\n### Spread of the attention input at the window's timesteps (per layer)\n")
     rows = []
     k = result["k"]

@@ -49,8 +49,10 @@ class ApplyLatentDirection(io.ComfyNode):
                                tooltip="Edit only while t < window_end * T, i.e. from ComfyUI's percent "
                                        "1 - window_end of sampling on (1: from the start)."),
                 io.Combo.Input("alpha_scale", options=list(SCALES), default=SCALES[0],
-                               tooltip="'relative to token norm': alpha times each image's mean token norm (usable "
-                                       "range -0.4..0.4 on every layer). 'absolute (paper)': Z + alpha * n literally."),
+                               tooltip="'relative to token norm': alpha times each image's mean token norm. "
+                                       "'absolute (paper)': Z + alpha * n literally. 'relative to spread along n': "
+                                       "alpha times the RMS of the input along n (alpha standard deviations, the "
+                                       "paper's reading under its whitening assumption)."),
                 io.String.Input("layers", default="", optional=True,
                                 tooltip="Optional subset of the directions' layers (empty = all). " + CUSTOM_LIST_HELP),
                 io.String.Input("alpha_sweep", default="", optional=True,
