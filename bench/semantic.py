@@ -89,7 +89,7 @@ def swap_figure(ctx, path: Path, pairs: int = 6) -> None:
         for name, imgs in (("source", plain[0::2]), ("target, no swap", plain[1::2]), ("target, swap", swap[1::2])):
             rows.append(imgs)
             labels.append(f"{edit}: {name}")
-    sc.save_grid(rows, labels, path, label_width=120)
+    sc.save_grid(rows, labels, path, label_width=150)
     del np
 
 

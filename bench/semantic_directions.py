@@ -30,9 +30,11 @@ PRESETS = {  # label -> the Apply node's `layers` subset of the directions compu
 }
 SCALE = "relative to token norm"
 CONFIGS = {
-    "full": {"seeds": 64, "k": 8, "random": 2, "screen_alphas": (-4.0, -2.0, 2.0, 4.0),
-             "sweep_alphas": (-16.0, -8.0, -4.0, -2.0, -1.0, -0.4, 0.4, 1.0, 2.0, 4.0, 8.0, 16.0),
-             "windows": ((0.2, 0.5), (0.5, 0.8), (0.8, 1.0), (0.0, 1.0)), "window_directions": 3},
+    # The sweep reuses the screen's images of the same direction (same noise), so its alphas are the
+    # union of both lists; the window comparison reuses the screen's 0.5-0.8 row.
+    "full": {"seeds": 64, "k": 8, "random": 2, "screen_alphas": (-4.0, 4.0),
+             "sweep_alphas": (-16.0, -8.0, -2.0, -0.4, 0.4, 2.0, 8.0, 16.0),
+             "windows": ((0.2, 0.5), (0.8, 1.0), (0.0, 1.0)), "window_directions": 3},
     "quick": {"seeds": 16, "k": 2, "random": 2, "screen_alphas": (-4.0, 4.0), "presets": ("level 0 (8x8 tokens)",),
               "sweep_alphas": None, "windows": None, "window_directions": 0},
 }
@@ -168,13 +170,14 @@ def run(ctx, config: str, log=print) -> dict:
     log(f"[A] spread measured ({time.perf_counter() - t0:.0f} s)")
 
     presets = cfg.get("presets") or tuple(PRESETS)
-    screen = {}
+    screen, screen_imgs = {}, {}
     for label in presets:
         layers = PRESETS[label]
         entries = []
         for kind, source, count in (("eigen", dirs, cfg["k"]), ("random", rand, cfg["random"])):
             for index in range(count):
                 imgs = sweep_images(ctx, source, index, layers, cfg["screen_alphas"], noise, texts)
+                screen_imgs[(label, kind, index)] = imgs
                 desc = describe(imgs, cfg["screen_alphas"], base, base_imgs, unit)
                 mags = sorted({abs(a) for a in cfg["screen_alphas"]})
                 entries.append({"kind": kind, "index": index, "describe": desc,
@@ -192,13 +195,18 @@ def run(ctx, config: str, log=print) -> dict:
             best = max(eig, key=lambda e: e["at"][top_mag]["effect"] * e["at"][top_mag]["share"])
             out = {}
             for kind, source, index in (("eigen", dirs, best["index"]), ("random", rand, 0)):
-                imgs = sweep_images(ctx, source, index, PRESETS[label], cfg["sweep_alphas"], noise, texts)
-                desc = describe(imgs, cfg["sweep_alphas"], base, base_imgs, unit)
-                out[kind] = {"index": index, "describe": desc, "break": break_alpha(desc, base),
+                extra = sweep_images(ctx, source, index, PRESETS[label], cfg["sweep_alphas"], noise, texts)
+                alphas = tuple(cfg["sweep_alphas"]) + tuple(cfg["screen_alphas"])
+                imgs = np.concatenate([extra, screen_imgs[(label, kind, index)]], axis=1)
+                order = np.argsort(alphas)
+                alphas = tuple(float(alphas[i]) for i in order)
+                desc = describe(imgs[:, order], alphas, base, base_imgs, unit)
+                out[kind] = {"index": index, "alphas": alphas, "describe": desc, "break": break_alpha(desc, base),
                              "scale_factors": scale_factors(spread, source, PRESETS[label], index, kind, cfg["k"])}
             sweeps[label] = out
             log(f"[A] sweep {label}: eigen {best['index']} ({time.perf_counter() - t0:.0f} s)")
         result["sweep"] = sweeps
+    del screen_imgs
 
     if cfg["windows"]:
         top_mag = max(abs(a) for a in cfg["screen_alphas"])
@@ -206,7 +214,7 @@ def run(ctx, config: str, log=print) -> dict:
         candidates.sort(key=lambda le: -le[1]["at"][str(top_mag)]["effect"] * le[1]["at"][str(top_mag)]["share"])
         windows = []
         for label, e in candidates[:cfg["window_directions"]]:
-            rows = {}
+            rows = {"0.5-0.8": e["at"][str(top_mag)]}
             for window in cfg["windows"]:
                 alphas = (-top_mag, top_mag)
                 imgs = sweep_images(ctx, dirs, e["index"], PRESETS[label], alphas, noise, texts, window=window)
