@@ -33,8 +33,8 @@ CONFIGS = {
     # The sweep reuses the screen's images of the same direction (same noise), so its alphas are the
     # union of both lists; the window comparison reuses the screen's 0.5-0.8 row.
     "full": {"seeds": 64, "k": 8, "random": 2, "screen_alphas": (-4.0, 4.0),
-             "sweep_alphas": (-16.0, -8.0, -2.0, -0.4, 0.4, 2.0, 8.0, 16.0),
-             "windows": ((0.2, 0.5), (0.8, 1.0), (0.0, 1.0)), "window_directions": 3},
+             "sweep_alphas": (-16.0, -8.0, -2.0, 2.0, 8.0, 16.0),
+             "windows": ((0.2, 0.5), (0.8, 1.0), (0.0, 1.0)), "window_directions": 2, "steps_check": True},
     "quick": {"seeds": 16, "k": 2, "random": 2, "screen_alphas": (-4.0, 4.0), "presets": ("level 0 (8x8 tokens)",),
               "sweep_alphas": None, "windows": None, "window_directions": 0},
 }
@@ -223,9 +223,41 @@ def run(ctx, config: str, log=print) -> dict:
             windows.append({"preset": label, "index": e["index"], "alpha": top_mag, "windows": rows})
             log(f"[A] windows {label} #{e['index']} ({time.perf_counter() - t0:.0f} s)")
         result["windows"] = windows
+    if cfg.get("steps_check"):
+        result["steps_check"] = steps_check(ctx, result, dirs, noise, texts, base, base_imgs, unit)
+        log(f"[A] steps check ({time.perf_counter() - t0:.0f} s)")
     result["scales"] = scale_analysis(result)
     result["seconds"] = time.perf_counter() - t0
     return result
+
+
+def steps_check(ctx, result, dirs, noise, texts, base, base_imgs, unit) -> dict:
+    """The benchmark's step count against the model's documented 20: base generations of the same seeds
+    read back alike (factors, centre, size), and the screen's best direction moves the same factor by a
+    similar amount at +-the screen's alpha."""
+    mag = max(abs(a) for a in CONFIGS[result["config"]]["screen_alphas"])
+    label, e = max(((label, e) for label, entries in result["screen"].items() for e in entries if e["kind"] == "eigen"),
+                   key=lambda le: le[1]["at"][str(mag)]["effect"] * le[1]["at"][str(mag)]["share"])
+    steps = ctx.steps
+    try:
+        ctx.steps = sc.REFERENCE_STEPS
+        ref_imgs = sc.render(ctx, ctx.model, noise, texts)
+        ref = sc.read(ref_imgs)
+        ref_unit = sc.random_pair_change(ref)
+        alphas = (-mag, mag)
+        imgs = sweep_images(ctx, dirs, e["index"], PRESETS[label], alphas, noise, texts)
+        ref_edit = summary_at(describe(imgs, alphas, ref, ref_imgs, ref_unit), alphas, mag, ref_unit)
+    finally:
+        ctx.steps = steps
+    both = ref.found & base.found
+    return {"steps": steps, "reference_steps": sc.REFERENCE_STEPS,
+            "same_colour": float(np.mean(ref.colour == base.colour)), "same_shape": float(np.mean(ref.shape == base.shape)),
+            "same_background": float(np.mean(ref.background == base.background)),
+            "centre_px_median": float(np.median(np.hypot(ref.cx - base.cx, ref.cy - base.cy)[both])),
+            "size_ratio_median": float(np.median((base.h / ref.h)[both])),
+            "clean": float(base.clean.mean()), "clean_reference": float(ref.clean.mean()),
+            "direction": {"preset": label, "index": e["index"], "alpha": mag, "at_steps": e["at"][str(mag)],
+                          "at_reference_steps": ref_edit}}
 
 
 def scale_factors(spread: dict, source, layers: str, index: int, kind: str, k: int) -> dict:
@@ -358,6 +390,17 @@ def tables(result: dict) -> str:
                 rows.append([w["preset"], w["index"], name, s["top"], fmt(s["effect"]), fmt(s["share"]),
                              fmt(s["clean"]), fmt(s["bg_psnr"], 1)])
         out.append(sc_md(["preset", "direction", "window", "top factor", "effect", "share", "clean", "bg PSNR"], rows))
+    if "steps_check" in result:
+        c = result["steps_check"]
+        d = c["direction"]
+        out.append(f"\n### {c['steps']} against {c['reference_steps']} steps (same seeds)\n")
+        out.append(f"same colour / shape / background {c['same_colour']:.3f} / {c['same_shape']:.3f} / "
+                   f"{c['same_background']:.3f}; centre {c['centre_px_median']:.2f} px apart (median), size ratio "
+                   f"{c['size_ratio_median']:.3f}; clean {c['clean']:.3f} vs {c['clean_reference']:.3f}. "
+                   f"{d['preset']} #{d['index']} at +-{d['alpha']}: moves {d['at_steps']['top']} by "
+                   f"{d['at_steps']['effect']:.2f} (share {d['at_steps']['share']:.2f}) at {c['steps']} steps, "
+                   f"{d['at_reference_steps']['top']} by {d['at_reference_steps']['effect']:.2f} (share "
+                   f"{d['at_reference_steps']['share']:.2f}) at {c['reference_steps']}.\n")
     out.append("\n### Alpha's scale: edit size per unit alpha and where images break, in each scale\n")
     rows = [[name, fmt(v["edit_per_unit_median"], 4), fmt(v["edit_per_unit_spread_factor"]),
              fmt(v["break_alpha_median"]), fmt(v["break_alpha_min"]), fmt(v["break_alpha_spread_factor"]), v["breaks"]]
