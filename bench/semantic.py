@@ -102,6 +102,9 @@ def main(argv=None) -> int:
     ap.add_argument("--figure-scale", default=None, help="alpha_scale of the direction figure (default: the "
                                                           "node's default)")
     ap.add_argument("--figure-alphas", default="-0.4,-0.3,-0.2,-0.1,0,0.1,0.2,0.3,0.4")
+    ap.add_argument("--figures-only", action="store_true",
+                    help="render the figures from the stored results (bench/results/semantic_directions.json) "
+                         "without rerunning the measurements")
     ap.add_argument("--steps", type=int, default=sc.STEPS)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out-dir", type=Path, default=RESULTS)
@@ -115,6 +118,16 @@ def main(argv=None) -> int:
 
     common = {"checkpoint": ctx.checkpoint, "machine": machine()}
     args.out_dir.mkdir(parents=True, exist_ok=True)
+    if args.figures_only:
+        stored = json.loads((args.out_dir / "semantic_directions.json").read_text())
+        scale = args.figure_scale or sc.pack("nodes.direction_math").SCALES[0]
+        alphas = [float(a) for a in args.figure_alphas.split(",")]
+        stored["figure"] = {"scale": scale, "alphas": alphas, "rows": direction_figure(
+            ctx, stored, DOCS / "semantic-directions.png", scale, alphas)}
+        (args.out_dir / "semantic_directions.json").write_text(json.dumps(sc.rounded(stored), indent=1) + "\n")
+        swap_figure(ctx, DOCS / "semantic-swap.png")
+        log(f"figures written ({time.perf_counter() - t0:.0f} s)")
+        return 0
     results = {}
     if args.only in (None, "directions"):
         results["directions"] = {**common, **semantic_directions.run(ctx, config, log)}
