@@ -101,7 +101,7 @@ def seed_noise(ctx: Ctx, seeds: list[int]):
     return torch.cat([comfy.sample.prepare_noise(latent, int(s)) for s in seeds])
 
 
-def render(ctx: Ctx, model, noise, texts: list[str], chunk: int = 96, cfg: float = CFG, latent=None,
+def render(ctx: Ctx, model, noise, texts: list[str], chunk: int = 128, cfg: float = CFG, latent=None,
            add_noise: bool = True) -> np.ndarray:
     """Images (N, S, S, 3) float [0, 1]: element i sampled from noise[i] with caption texts[i], through
     comfy.sample.sample (the KSampler's path), `chunk` elements per sampler call. latent/add_noise=False:

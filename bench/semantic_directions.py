@@ -63,7 +63,7 @@ def sweep_images(ctx, dirs, index: int, layers: str, alphas, noise, texts, windo
     a = len(alphas)
     model = na.ApplyLatentDirection.execute(ctx.model, dirs, index, 0.0, window[0], window[1], scale, layers,
                                             ", ".join(repr(float(x)) for x in alphas)).args[0]
-    chunk = a * max(1, 96 // a)
+    chunk = a * max(1, 128 // a)
     imgs = sc.render(ctx, model, noise.repeat_interleave(a, 0), [t for t in texts for _ in range(a)], chunk=chunk)
     return imgs.reshape(len(texts), a, *imgs.shape[1:])
 

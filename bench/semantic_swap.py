@@ -24,7 +24,7 @@ DEFAULT = ("below latent resolution (FPE default)", 0.8)
 CONFIGS = {
     "full": {"seeds": 64, "real": 48,
              "settings": (DEFAULT, ("all", 0.8), ("lowest resolution", 0.8), ("latent resolution", 0.8),
-                          ("middle block", 0.8), (DEFAULT[0], 0.5), (DEFAULT[0], 1.0))},
+                          (DEFAULT[0], 0.5), (DEFAULT[0], 1.0))},
     "quick": {"seeds": 16, "real": 0, "edits": ("colour",), "settings": (DEFAULT,)},
 }
 REAL_STREAM = 515151  # shapes-world stream of the "real" images
