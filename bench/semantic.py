@@ -130,7 +130,13 @@ def main(argv=None) -> int:
         return 0
     results = {}
     if args.only in (None, "directions"):
-        results["directions"] = {**common, **semantic_directions.run(ctx, config, log)}
+        partial = args.out_dir / f"semantic{'_quick' if args.quick else ''}_directions.partial.json"
+
+        def save(result):  # a long run leaves its finished stages behind
+            partial.write_text(json.dumps(sc.rounded({**common, **result}), indent=1) + "\n")
+
+        results["directions"] = {**common, **semantic_directions.run(ctx, config, log, save)}
+        partial.unlink(missing_ok=True)
         sys.stdout.write(semantic_directions.tables(results["directions"]) + "\n\n")
     if args.only in (None, "swap"):
         results["swap"] = {**common, **semantic_swap.run(ctx, config, log)}

@@ -143,8 +143,10 @@ def summary_at(desc: dict, alphas, magnitude: float, unit) -> dict:
             "size_ratio": float(np.mean([p["size_ratio_median"] for p in rows]))}
 
 
-def run(ctx, config: str, log=print) -> dict:
+def run(ctx, config: str, log=print, save=None) -> dict:
+    """The stages above; save(result) (optional) is called after each stage with the result so far."""
     cfg = CONFIGS[config]
+    save = save or (lambda _: None)
     world = sc.pure("shapes_world")
     nd = sc.pack("nodes.node_directions")
     t0 = time.perf_counter()
@@ -186,6 +188,7 @@ def run(ctx, config: str, log=print) -> dict:
         screen[label] = entries
         log(f"[A] screen {label}: {len(entries)} directions ({time.perf_counter() - t0:.0f} s)")
     result["screen"] = screen
+    save(result)
 
     if cfg["sweep_alphas"]:
         top_mag = str(max(abs(a) for a in cfg["screen_alphas"]))
@@ -206,6 +209,7 @@ def run(ctx, config: str, log=print) -> dict:
             sweeps[label] = out
             log(f"[A] sweep {label}: eigen {best['index']} ({time.perf_counter() - t0:.0f} s)")
         result["sweep"] = sweeps
+        save(result)
     del screen_imgs
 
     if cfg["windows"]:
@@ -223,6 +227,7 @@ def run(ctx, config: str, log=print) -> dict:
             windows.append({"preset": label, "index": e["index"], "alpha": top_mag, "windows": rows})
             log(f"[A] windows {label} #{e['index']} ({time.perf_counter() - t0:.0f} s)")
         result["windows"] = windows
+        save(result)
     if cfg.get("steps_check"):
         result["steps_check"] = steps_check(ctx, result, dirs, noise, texts, base, base_imgs, unit)
         log(f"[A] steps check ({time.perf_counter() - t0:.0f} s)")
