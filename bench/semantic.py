@@ -97,6 +97,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--checkpoint", type=Path, default=None, help="a demo-format file (default: the embedded one)")
     ap.add_argument("--quick", action="store_true", help="the CI-sized variant (tests/test_semantic.py)")
+    ap.add_argument("--config", choices=("full", "preliminary", "quick"), default=None,
+                    help="counts (semantic_directions.CONFIGS); --quick is --config quick")
     ap.add_argument("--only", choices=("directions", "swap"), default=None)
     ap.add_argument("--figures", action="store_true", help="write docs/semantic-directions.png and -swap.png")
     ap.add_argument("--figure-scale", default=None, help="alpha_scale of the direction figure (default: the "
@@ -113,7 +115,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     ctx = sc.setup(args.checkpoint, args.threads)
     ctx.steps = args.steps
-    config = "quick" if args.quick else "full"
+    config = args.config or ("quick" if args.quick else "full")
     from _common import machine
 
     common = {"checkpoint": ctx.checkpoint, "machine": machine()}
@@ -130,7 +132,7 @@ def main(argv=None) -> int:
         return 0
     results = {}
     if args.only in (None, "directions"):
-        partial = args.out_dir / f"semantic{'_quick' if args.quick else ''}_directions.partial.json"
+        partial = args.out_dir / f"semantic{'' if config == 'full' else '_' + config}_directions.partial.json"
 
         def save(result):  # a long run leaves its finished stages behind
             partial.write_text(json.dumps(sc.rounded({**common, **result}), indent=1) + "\n")
@@ -150,7 +152,7 @@ def main(argv=None) -> int:
         swap_figure(ctx, DOCS / "semantic-swap.png")
     for name, result in results.items():
         result["wall_seconds_total"] = time.perf_counter() - t0
-        target = args.out_dir / (f"semantic_quick_{name}.json" if args.quick else f"semantic_{name}.json")
+        target = args.out_dir / (f"semantic_{name}.json" if config == "full" else f"semantic_{config}_{name}.json")
         target.write_text(json.dumps(sc.rounded(result), indent=1) + "\n")
         log(f"wrote {target}")
     log(f"total {time.perf_counter() - t0:.0f} s")

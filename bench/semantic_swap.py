@@ -27,6 +27,7 @@ CONFIGS = {
                           (DEFAULT[0], 0.5), (DEFAULT[0], 1.0))},
     "quick": {"seeds": 16, "real": 0, "edits": ("colour",), "settings": (DEFAULT,)},
 }
+CONFIGS["preliminary"] = CONFIGS["full"]
 REAL_STREAM = 515151  # shapes-world stream of the "real" images
 
 
