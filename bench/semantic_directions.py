@@ -36,9 +36,8 @@ CONFIGS = {
              "sweep_alphas": (-16.0, -8.0, -2.0, 2.0, 8.0, 16.0),
              "windows": ((0.2, 0.5), (0.8, 1.0), (0.0, 1.0)), "window_directions": 2, "steps_check": True},
     # What a session on a loaded 2-core machine could afford (docs/semantic.md says which numbers are from it).
-    "preliminary": {"seeds": 32, "k": 8, "random": 2, "screen_alphas": (-4.0, 4.0),
-                    "presets": ("middle block", "level 0 (8x8 tokens)", "all"),
-                    "sweep_alphas": (-16.0, -8.0, 8.0, 16.0), "windows": None, "window_directions": 0},
+    "preliminary": {"seeds": 32, "k": 8, "random": 4, "screen_alphas": (-4.0, 4.0), "presets": ("all",),
+                    "sweep_alphas": None, "windows": None, "window_directions": 0},
     "quick": {"seeds": 16, "k": 2, "random": 2, "screen_alphas": (-4.0, 4.0), "presets": ("level 0 (8x8 tokens)", "all"),
               "sweep_alphas": None, "windows": None, "window_directions": 0},
 }

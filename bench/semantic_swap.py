@@ -27,7 +27,9 @@ CONFIGS = {
                           (DEFAULT[0], 0.5), (DEFAULT[0], 1.0))},
     "quick": {"seeds": 16, "real": 0, "edits": ("colour",), "settings": (DEFAULT,)},
 }
-CONFIGS["preliminary"] = CONFIGS["full"]
+# What a session on a loaded 2-core machine could afford (docs/semantic.md says which numbers are from it).
+CONFIGS["preliminary"] = {"seeds": 32, "real": 15, "edits": ("colour", "shape"),
+                          "settings": (DEFAULT, ("all", 0.8), ("latent resolution", 0.8), ("all", 0.5), ("all", 1.0))}
 REAL_STREAM = 515151  # shapes-world stream of the "real" images
 
 
