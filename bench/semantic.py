@@ -121,12 +121,13 @@ def main(argv=None) -> int:
     common = {"checkpoint": ctx.checkpoint, "machine": machine()}
     args.out_dir.mkdir(parents=True, exist_ok=True)
     if args.figures_only:
-        stored = json.loads((args.out_dir / "semantic_directions.json").read_text())
+        name = "semantic_directions.json" if config == "full" else f"semantic_{config}_directions.json"
+        stored = json.loads((args.out_dir / name).read_text())
         scale = args.figure_scale or sc.pack("nodes.direction_math").SCALES[0]
         alphas = [float(a) for a in args.figure_alphas.split(",")]
         stored["figure"] = {"scale": scale, "alphas": alphas, "rows": direction_figure(
-            ctx, stored, DOCS / "semantic-directions.png", scale, alphas)}
-        (args.out_dir / "semantic_directions.json").write_text(json.dumps(sc.rounded(stored), indent=1) + "\n")
+            ctx, stored, DOCS / "semantic-directions.png", scale, alphas, seeds=1)}
+        (args.out_dir / name).write_text(json.dumps(sc.rounded(stored), indent=1) + "\n")
         swap_figure(ctx, DOCS / "semantic-swap.png")
         log(f"figures written ({time.perf_counter() - t0:.0f} s)")
         return 0

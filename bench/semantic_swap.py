@@ -25,7 +25,7 @@ CONFIGS = {
     "full": {"seeds": 64, "real": 48,
              "settings": (DEFAULT, ("all", 0.8), ("lowest resolution", 0.8), ("latent resolution", 0.8),
                           (DEFAULT[0], 0.5), (DEFAULT[0], 1.0))},
-    "quick": {"seeds": 16, "real": 0, "edits": ("colour",), "settings": (DEFAULT,)},
+    "quick": {"seeds": 16, "real": 0, "edits": ("colour",), "settings": (DEFAULT, ("all", 0.8))},
 }
 # What a session on a loaded 2-core machine could afford (docs/semantic.md says which numbers are from it).
 CONFIGS["preliminary"] = {"seeds": 32, "real": 15, "edits": ("colour", "shape"),

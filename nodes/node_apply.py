@@ -40,8 +40,9 @@ class ApplyLatentDirection(io.ComfyNode):
                 io.Int.Input("index", default=0, min=0, max=4095,
                              tooltip="Which eigen-direction: 0 is the largest eigenvalue."),
                 io.Float.Input("alpha", default=0.2, min=-10.0, max=10.0, step=0.01,
-                               tooltip="Edit strength. Relative scale: a fraction of the mean token norm; "
-                                       "-0.4..0.4 is the useful range."),
+                               tooltip="Edit strength. Relative scale: a fraction of the mean token norm; on the "
+                                       "demo model edits show from about |alpha| = 2 and break near 4 "
+                                       "(docs/semantic.md); start small on other checkpoints."),
                 io.Float.Input("window_start", default=0.5, min=0.0, max=1.0, step=0.01,
                                tooltip="Edit only while t > window_start * T, i.e. until ComfyUI's percent "
                                        "1 - window_start of sampling (0: to the end)."),
