@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..sae_math.direction_math import SCALES, check_alpha, parse_alphas
+from ..sae_math.direction_math import SCALE_MODES, SCALES, check_alpha, parse_alphas
 from ..sae_math.errors import NodeInputError
 from ..sae_math.layers import CUSTOM_LIST_HELP, LayerInfo, select_layers
 from ..sae_patches.direction_patch import LatentDirectionPatch
@@ -41,8 +41,9 @@ class ApplyLatentDirection(io.ComfyNode):
                 io.Int.Input("index", default=0, min=0, max=4095,
                              tooltip="Which eigen-direction: 0 is the largest eigenvalue."),
                 io.Float.Input("alpha", default=0.2, min=-10.0, max=10.0, step=0.01,
-                               tooltip="Edit strength. Relative scale: a fraction of the mean token norm; "
-                                       "-0.4..0.4 is the useful range."),
+                               tooltip="Edit strength. Relative scale: a fraction of the mean token norm; on the "
+                                       "demo model edits show from about |alpha| = 2 and break near 4 "
+                                       "(docs/semantic.md); start small on other checkpoints."),
                 io.Float.Input("window_start", default=0.5, min=0.0, max=1.0, step=0.01,
                                tooltip="Edit only while t > window_start * T, i.e. until ComfyUI's percent "
                                        "1 - window_start of sampling (0: to the end)."),
@@ -50,8 +51,10 @@ class ApplyLatentDirection(io.ComfyNode):
                                tooltip="Edit only while t < window_end * T, i.e. from ComfyUI's percent "
                                        "1 - window_end of sampling on (1: from the start)."),
                 io.Combo.Input("alpha_scale", options=list(SCALES), default=SCALES[0],
-                               tooltip="'relative to token norm': alpha times each image's mean token norm (usable "
-                                       "range -0.4..0.4 on every layer). 'absolute (paper)': Z + alpha * n literally."),
+                               tooltip="'relative to token norm': alpha times each image's mean token norm. "
+                                       "'absolute (paper)': Z + alpha * n literally. 'relative to spread along n': "
+                                       "alpha times the RMS of the input along n (alpha standard deviations, the "
+                                       "paper's reading under its whitening assumption)."),
                 io.String.Input("layers", default="", optional=True,
                                 tooltip="Optional subset of the directions' layers (empty = all). " + CUSTOM_LIST_HELP),
                 io.String.Input("alpha_sweep", default="", optional=True,
@@ -138,6 +141,6 @@ def build_direction_patch(model, directions, index, alpha, window_start, window_
         alphas=alphas,
         start=window_start,
         end=window_end,
-        relative=alpha_scale == SCALES[0],
+        scale=SCALE_MODES[alpha_scale],
         fallback_sampling=model.get_model_object("model_sampling"),
     )

@@ -6,6 +6,10 @@ every token. s sets alpha's scale:
     token's norm, so the paper's range -0.4..0.4 gives visible, controlled edits on every layer width
     (the input is a LayerNorm output whose token norms are ~sqrt(d), 18 to 36 on SD-family widths).
   - "absolute": s = 1, the paper's literal Z + alpha * n (tiny on real SD features).
+  - "spread": s = sqrt(mean over tokens of (z_token . n)^2), per row: the root-mean-square of the input's
+    coordinate along n. Under the paper's whitening assumption (E[Z^T Z] ~ I) this is 1 and the paper's
+    alpha * n is an offset of alpha standard deviations along n; on real features it keeps that reading,
+    whatever the layer's width or the direction's own spread (bench/semantic.py measured why: docs/semantic.md).
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ import math
 
 import torch
 
-SCALES = ("relative to token norm", "absolute (paper)")
+SCALES = ("relative to token norm", "absolute (paper)", "relative to spread along n")
+# The mode each SCALES entry selects in direction_delta (appended options keep saved workflows' values).
+SCALE_MODES = {SCALES[0]: "token_norm", SCALES[1]: "absolute", SCALES[2]: "spread"}
 
 
 def alpha_per_row(alphas: tuple[float, ...], rows: int, chunks: int) -> list[float]:
@@ -35,17 +41,27 @@ def alpha_per_row(alphas: tuple[float, ...], rows: int, chunks: int) -> list[flo
     return [alphas[(r % batch) % len(alphas)] for r in range(rows)]
 
 
-def direction_delta(z: torch.Tensor, direction: torch.Tensor, alphas: torch.Tensor, relative: bool) -> torch.Tensor:
+def direction_delta(z: torch.Tensor, direction: torch.Tensor, alphas: torch.Tensor, scale) -> torch.Tensor:
     """The perturbation for each row, shape (rows, 1, d), to add to z (rows, tokens, d).
 
-    direction: (d,) unit vector; alphas: (rows,) (0 for rows outside the edit)."""
+    direction: (d,) unit vector; alphas: (rows,) (0 for rows outside the edit); scale: "token_norm",
+    "absolute" or "spread" (SCALE_MODES; True / False mean "token_norm" / "absolute")."""
     # Few, whole-tensor ops: this runs on every self-attention call, where on small models the per-op
     # dispatch cost is comparable to the arithmetic.
+    if scale is True:
+        scale = "token_norm"
+    elif scale is False:
+        scale = "absolute"
     a = alphas.to(z)
-    if relative:
-        # Token norms accumulated in at least float32 (half-precision sums of squares overflow at 65504).
-        accumulate = torch.promote_types(z.dtype, torch.float32)
+    # Norms and projections accumulated in at least float32 (half-precision sums of squares overflow at 65504).
+    accumulate = torch.promote_types(z.dtype, torch.float32)
+    if scale == "token_norm":
         a = a * torch.linalg.vector_norm(z, dim=-1, dtype=accumulate).mean(dim=-1).to(z.dtype)
+    elif scale == "spread":
+        coordinate = z.to(accumulate) @ direction.to(device=z.device, dtype=accumulate)  # (rows, tokens)
+        a = a * coordinate.square().mean(dim=-1).sqrt().to(z.dtype)
+    elif scale != "absolute":
+        raise ValueError(f"unknown alpha scale {scale!r}; expected token_norm, absolute or spread")
     return torch.outer(a, direction.to(z)).unsqueeze(1)
 
 

@@ -157,12 +157,14 @@ class LatentDirectionPatch:
     the others)."""
 
     def __init__(self, vectors: dict[str, torch.Tensor], alphas: tuple[float, ...], start: float, end: float,
-                 relative: bool, fallback_sampling=None):
+                 scale, fallback_sampling=None):
         self.vectors = dict(vectors)
         self.alphas = tuple(alphas)
         self.start = float(start)
         self.end = float(end)
-        self.relative = bool(relative)
+        # The alpha scale (direction_math.direction_delta): "token_norm", "absolute" or "spread"; a bool
+        # is the old two-scale flag (True: token norm).
+        self.scale = scale if isinstance(scale, str) else ("token_norm" if scale else "absolute")
         # Used only if record_sigmas did not run (another pack calling the UNet by hand): the
         # model_sampling the node saw.
         self.fallback_sampling = fallback_sampling
@@ -183,7 +185,7 @@ class LatentDirectionPatch:
         if isinstance(device_or_dtype, torch.dtype):
             return self  # vectors are cast to the activation dtype at use; keep them in float32
         moved = {k: v.to(device_or_dtype) for k, v in self.vectors.items()}
-        copy = LatentDirectionPatch(moved, self.alphas, self.start, self.end, self.relative, self.fallback_sampling)
+        copy = LatentDirectionPatch(moved, self.alphas, self.start, self.end, self.scale, self.fallback_sampling)
         copy._windows = self._windows  # shared: a converted window does not depend on the device
         return copy
 
@@ -273,7 +275,7 @@ class LatentDirectionPatch:
         alphas = self.active_alphas(extra_options, n.shape[0], n.device)
         if alphas is None:
             return n, context_attn1, value_attn1
-        delta = direction_delta(n, direction, alphas, self.relative)
+        delta = direction_delta(n, direction, alphas, self.scale)
         # q, k and v all read the perturbed input. Before the first attn1_patch, context and value are the
         # very tensor n; a new n alone would leave K and V unperturbed.
         shifted = n + delta
@@ -289,4 +291,4 @@ class LatentDirectionPatch:
             return other + delta  # tokens in the same input space (e.g. reference tokens added upstream)
         # Rows split differently from n (HyperTile tiles only n, the query side): its own per-row delta.
         alphas = self.active_alphas(extra_options, other.shape[0], other.device)
-        return other if alphas is None else other + direction_delta(other, direction, alphas, self.relative)
+        return other if alphas is None else other + direction_delta(other, direction, alphas, self.scale)

@@ -99,7 +99,7 @@ class LinearInputEdit:
                 image = self.token_rows(call, x.shape[1])
                 z = x[:, image]  # (rows, image tokens, d): the image tokens' attention input
             # Chained edits add up as chained UNet attn1 patches do: each sees the input the previous shifted.
-            d = direction_delta(z if delta is None else z + delta, self._vector(direction, x), alphas, patch.relative)
+            d = direction_delta(z if delta is None else z + delta, self._vector(direction, x), alphas, patch.scale)
             delta = d if delta is None else delta + d
         if delta is None:
             return out

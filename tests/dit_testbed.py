@@ -286,35 +286,73 @@ def calibrate_dit_output_(base, family: str) -> None:
             layer.bias.mul_(1.0 / seen[0])
 
 
-def _tiny_base(family: str, dtype):
+def _tiny_base(family: str, dtype, overrides=None):
     config_cls = _config_class(family)
-    unet_config = {**_accepted(_unet_class(family), _tiny_dit_config(family)), "dtype": dtype}
+    unet_config = {**_accepted(_unet_class(family), {**_tiny_dit_config(family), **(overrides or {})}), "dtype": dtype}
     model_config = config_cls(unet_config)
     model_config.unet_config.update(unet_config)
     model_config.set_inference_dtype(dtype, None)
     return model_config.get_model({})
 
 
-def tiny_dit(family: str = "flux", seed: int = 0, dtype=None):
+def tiny_dit(family: str = "flux", seed: int = 0, dtype=None, overrides=None):
     """A ModelPatcher around a tiny DiT of the given family, built by ComfyUI's own classes (CPU).
 
     dtype (default float32): the weights' dtype; weights are initialised and calibrated in float32, then
-    cast."""
+    cast. overrides: unet_config entries replacing the tiny config's (VARIANTS: Lumina 2.0's grouped-query
+    heads, SD3.5 Medium's MMDiT-X self-attention)."""
     import torch
 
     testbed.import_comfyui()
     import comfy.model_management
     import comfy.model_patcher
 
-    base = _tiny_base(family, torch.float32)
+    base = _tiny_base(family, torch.float32, overrides)
     init_dit_weights_(base.diffusion_model, seed)
     base.eval()
     calibrate_dit_output_(base, family)
     if dtype is not None and dtype != torch.float32:
         state = base.diffusion_model.state_dict()
-        base = _tiny_base(family, dtype)
+        base = _tiny_base(family, dtype, overrides)
         base.diffusion_model.load_state_dict({k: v.to(dtype) for k, v in state.items()})
         base.eval()
+    device = comfy.model_management.get_torch_device()
+    return comfy.model_patcher.ModelPatcher(base, load_device=device, offload_device=device)
+
+
+# Layouts of the same families the default tiny configs do not show: tiny_dit(family, overrides=...).
+VARIANTS = {
+    # Lumina 2.0's grouped-query attention (24 q / 8 kv heads there): 4 q heads of 64, 2 kv heads.
+    "lumina2_gqa": ("lumina2", {"n_heads": 4, "n_kv_heads": 2, "axes_dims": [16, 24, 24]}),
+    # SD3.5 Medium (MMDiT-X): x_block.attn2, an image-only self-attention, in block 0.
+    "sd35_medium": ("sd3", {"x_block_self_attn_layers": [0]}),
+}
+
+
+def tiny_variant(name: str, seed: int = 0):
+    """tiny_dit of a VARIANTS entry."""
+    family, overrides = VARIANTS[name]
+    return tiny_dit(family, seed, overrides=overrides)
+
+
+def tiny_unknown_dit(seed: int = 0):
+    """A ModelPatcher around a tiny AuraFlow MMDiT (comfy.ldm.aura.mmdit, supported_models.AuraFlow): a DiT
+    family the pack has no adapter for, for the refusal tests. Not sampled (its weights stay random)."""
+    import torch
+
+    testbed.import_comfyui()
+    import comfy.model_management
+    import comfy.model_patcher
+    import comfy.supported_models as sm
+
+    unet_config = {"in_channels": 4, "out_channels": 4, "patch_size": 2, "dim": 64, "n_layers": 2,
+                   "n_double_layers": 1, "n_heads": 2, "global_conddim": 64, "cond_seq_dim": CONTEXT_DIM,
+                   "max_seq": 64, "dtype": torch.float32}
+    model_config = sm.AuraFlow(unet_config)
+    model_config.unet_config.update(unet_config)
+    model_config.set_inference_dtype(torch.float32, None)
+    base = model_config.get_model({})
+    testbed.init_weights_(base.diffusion_model, seed)
     device = comfy.model_management.get_torch_device()
     return comfy.model_patcher.ModelPatcher(base, load_device=device, offload_device=device)
 

@@ -46,13 +46,13 @@ def expect_error(sae, fn, node_name, input_name, *advice):
 
 
 def test_model_of_an_unknown_family_is_refused_by_every_model_node(sae):
-    """A MODEL whose family the pack has no adapter for (SD3.5's MMDiT, built by ComfyUI's own classes)
+    """A MODEL whose family the pack has no adapter for (AuraFlow's MMDiT, built by ComfyUI's own classes)
     given to each node that takes a MODEL: a clear error naming the node, the model's class and the
     supported families, and the model is untouched. (Flux-family models: tests/test_families.py.)"""
-    other = dit_testbed.tiny_dit("sd3")
+    other = dit_testbed.tiny_unknown_dit()
     before = snapshot(other)
     sd_dirs = compute(sae, testbed.tiny_model("sd15"))
-    advice = ("input 'model' = 'SD3'", "supported: SD1.x, SD2.x and SDXL UNets", "Flux.1")
+    advice = ("input 'model' = 'AuraFlow'", "supported: SD1.x, SD2.x and SDXL UNets", "Flux.1")
     expect_error(sae, lambda: compute(sae, other), "Compute Attention Eigendirections", "model", *advice)
     expect_error(sae, lambda: apply(sae, other, sd_dirs), "Apply Latent Direction (timestep window)", "model", *advice)
     expect_error(sae, lambda: swap(sae, other), "Self-Attention Swap", "model", *advice)

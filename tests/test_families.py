@@ -80,11 +80,12 @@ def test_unet_adapter_keeps_the_unet_layers(sae):
 
 
 def test_unknown_family_is_refused_naming_model_and_families(sae):
-    """A MODEL whose family the pack does not know (SD3.5's MMDiT here): every model node names itself,
+    """A MODEL whose family the pack does not know (AuraFlow's MMDiT here): every model node names itself,
     the model's class and the supported families."""
-    model = dit_testbed.tiny_dit("sd3")
+    model = dit_testbed.tiny_unknown_dit()
     for fn, name in ((lambda: compute(sae, model), COMPUTE),):
-        expect_error(sae, fn, name, "model", "'SD3'", "supported: SD1.x, SD2.x and SDXL UNets", "Flux.1")
+        expect_error(sae, fn, name, "model", "'AuraFlow'", "supported: SD1.x, SD2.x and SDXL UNets", "Flux.1",
+                     "Qwen-Image", "SD3", "Z-Image")
 
 
 @pytest.mark.parametrize("family", ("flux",))
@@ -377,3 +378,27 @@ def test_version_gate_names_the_version(sae):
     expect_error(sae, lambda: gated.check_supported(COMPUTE, "directions"), COMPUTE, "model",
                  "needs ComfyUI 99.0.0 or newer", f"not in ComfyUI {base.version_text(base.comfyui_version())}")
     adapter.check_supported(COMPUTE, "directions")  # Method A needs nothing newer than the running ComfyUI
+
+
+def test_apply_on_a_bf16_flux_model(sae):
+    """A bf16 Flux model (weights and activations in bf16): directions are computed (upcast), the edit runs
+    in the model's dtype, and inside the window the image q/k/v move by alpha * s * W n to bf16 accuracy."""
+    model = dit_testbed.tiny_dit("flux", dtype=torch.bfloat16)
+    d = compute(sae, model, "all", k=2)
+    edited = apply(sae, model, d, alpha=0.5, start=0.0, end=1.0, scale=ABSOLUTE)
+    recorder = LinearRecorder(model)
+    try:
+        out = dit_testbed.sample(edited, "flux", dit_testbed.tiny_dit_conditioning("flux", 1),
+                                 dit_testbed.tiny_dit_conditioning("flux", 2), dit_testbed.dit_latent("flux"), steps=2)
+    finally:
+        recorder.remove()
+    assert torch.isfinite(out).all()
+    width = model.model.diffusion_model.hidden_size
+    _sigmas, _reference, layers = recorder.calls[0]
+    x, got = layers["double.0"]
+    linear = qkv_linears(model)["double.0"][0]
+    assert got.dtype == torch.bfloat16
+    shift = 0.5 * (linear.weight.double()[: 3 * width] @ d.layer("double.0").vectors[0].double())
+    diff = got.double() - torch.nn.functional.linear(x, linear.weight, linear.bias).double()
+    scale = got.double().abs().max()
+    assert (diff - shift).abs().max() < 0.02 * scale  # bf16 rounding of W x + b and W d (image stream: all rows)

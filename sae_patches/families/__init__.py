@@ -9,12 +9,16 @@ from __future__ import annotations
 from ...sae_math.errors import NodeInputError, model_name
 from .base import FamilyAdapter, QKVSource, TokenLayout
 from .flux import FluxAdapter
+from .lumina2 import Lumina2Adapter
+from .qwen_image import QwenImageAdapter
+from .sd3 import SD3Adapter
 from .unet import UNetAdapter
 
 # Tried in order; the first whose matches() accepts the diffusion model wins.
-ADAPTERS: tuple[type[FamilyAdapter], ...] = (UNetAdapter, FluxAdapter)
+ADAPTERS: tuple[type[FamilyAdapter], ...] = (UNetAdapter, FluxAdapter, QwenImageAdapter, SD3Adapter, Lumina2Adapter)
 
-SUPPORTED = "SD1.x, SD2.x and SDXL UNets; Flux.1 (dev, schnell, Kontext, Fill), Flux.2 and Chroma"
+SUPPORTED = ("SD1.x, SD2.x and SDXL UNets; Flux.1 (dev, schnell, Kontext, Fill), Flux.2 and Chroma; Qwen-Image "
+             "(and Qwen-Image-Edit); SD3 and SD3.5 (Large, Medium); Lumina 2.0 and Z-Image")
 
 __all__ = ["ADAPTERS", "SUPPORTED", "FamilyAdapter", "QKVSource", "TokenLayout", "adapter_for", "find_adapter"]
 

@@ -1,0 +1,86 @@
+"""What the DiT family adapters other than Flux share (Qwen-Image, SD3/3.5, Lumina2/Z-Image): the layer
+presets, the Apply install on q/k/v Linears, the swap's (block_type, index) pairs.
+
+Layer keys follow ComfyUI's own block naming (transformer_options["block_type"] / patches_replace["dit"]
+keys): every joint block is "double.<i>"; a second self-attention inside block i (SD3.5 Medium's MMDiT-X
+x_block.attn2) is "double.<i>.1". A DiT attends over one token grid at every depth, so the UNet presets
+that name resolutions or UNet parts have no counterpart and are refused with the reason.
+"""
+
+from __future__ import annotations
+
+from ...sae_math.layers import FPE_PRESET, LayerInfo, select_layers
+
+PREFIX = "diffusion_model."
+UNET_ONLY_PRESETS = ("middle block", "latent resolution", "lowest resolution", "input blocks", "output blocks")
+
+
+def patch_tokens(shape, patch: int) -> int:
+    """Tokens of a latent of shape [B, C, (T,) H, W] patchified p x p (ComfyUI pads H, W to the patch size:
+    ceil; every frame of a 5-D latent is its own grid, Qwen-Image's T = 1)."""
+    h, w = int(shape[-2]), int(shape[-1])
+    frames = 1
+    for t in shape[2:-2]:
+        frames *= int(t)
+    return frames * (-(-h // patch)) * (-(-w // patch))
+
+
+def dit_select(layers: list[LayerInfo], preset: str, custom: str, default, help_text: str, display: str):
+    """'all', the FPE default (default(): the family's swap default) and 'custom list' (select_layers'
+    prefix matching: 'double', 'double.3'); UNet presets refused naming what to choose instead."""
+    if preset == "all":
+        return list(layers)
+    if preset == FPE_PRESET:
+        return default()
+    if preset == "custom list":
+        if not custom.strip():
+            raise ValueError(f"'custom list' needs a layer list: {help_text}")
+        return select_layers(layers, "custom list", custom)
+    if preset in UNET_ONLY_PRESETS:
+        raise ValueError(f"{preset!r} names a part of a UNet; a {display} transformer's blocks all attend over the "
+                         f"same token grid: choose 'all' or 'custom list' ({help_text})")
+    raise ValueError(f"unknown layer preset {preset!r}; on {display} models choose 'all', '{FPE_PRESET}' or "
+                     "'custom list'")
+
+
+def install_linear_edits(model, patch, targets) -> None:
+    """Apply Latent Direction's object patches on a clone: for every layer key of the patch, targets(key)
+    gives [(Linear path in the diffusion model, (start, stop) of its q/k/v output columns, token_rows rule)];
+    one linear_edit.LinearInputEdit per Linear (a chained Apply node adds its edit to the one there)."""
+    from ..direction_patch import install_window_wrappers
+    from ..linear_edit import LinearInputEdit
+
+    install_window_wrappers(model)
+    for key in patch.vectors:
+        for path, columns, rows in targets(key):
+            name = f"{PREFIX}{path}.forward"
+            existing = model.object_patches.get(name)
+            if isinstance(existing, LinearInputEdit):
+                forward = existing.with_edit(patch, key)
+            else:
+                forward = LinearInputEdit(path, columns, rows, ((patch, key),), model.get_model_object(f"{PREFIX}{path}"),
+                                          inner=existing)
+            model.add_object_patch(name, forward)
+
+
+def swap_layers(layers: list[LayerInfo]) -> list[tuple[str, int]]:
+    """The (block_type, block_index) pairs install_joint_swap takes for chosen layers, in order, each once
+    ("double.3" and "double.3.1" are one block: the swap acts on every image self-attention of the block)."""
+    out: list[tuple[str, int]] = []
+    for layer in layers:
+        if layer.block not in out:
+            out.append(layer.block)
+    return out
+
+
+def layer_from_block(extra_options) -> str | None:
+    """"double.<i>" from transformer_options' block_type / block_index, None where they are not set."""
+    kind, index = extra_options.get("block_type"), extra_options.get("block_index")
+    if kind != "double" or index is None:
+        return None
+    return f"double.{int(index)}"
+
+
+def row_error(family: str, length: int, what: str) -> RuntimeError:
+    return RuntimeError(f"Apply Latent Direction: a {family} q/k/v input of {length} tokens does not hold {what}; "
+                        "this model lays its tokens out differently (please report it, with the model)")
