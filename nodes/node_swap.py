@@ -94,7 +94,7 @@ class SelfAttentionSwap(io.ComfyNode):
         window = SwapWindow(start, end, all_chunks=rows != ROWS[0],
                             fallback_sampling=model.get_model_object("model_sampling"))
         m = model.clone()
-        adapter.install_swap(m, chosen, window, inversion, pin_source)
+        adapter.install_self_attention_swap(m, chosen, window, inversion, pin_source)
         return io.NodeOutput(m)
 
 

@@ -141,7 +141,7 @@ def test_fpe_preset_on_flux1_layout_is_stable_flow_vital_layers(sae):
                                        "single.34", "single.35", "single.37"]
     flat = [x.key for x in big.layers()]
     assert [flat.index(x.key) for x in chosen] == [0, 1, 17, 18, 25, 28, 53, 54, 56]
-    assert [big.swap_layer(x) for x in chosen[:2]] == [("double", 0), ("double", 1)]
+    assert big.swap_layers(chosen)[:5] == [("double", 0), ("double", 1), ("double", 17), ("double", 18), ("single", 6)]
     assert big.swap_hook() == "attn1_patch" and big.default_swap_window() == (0.0, 0.8)
 
 
@@ -189,30 +189,39 @@ def ksampler_no_noise(model, positive, latent, steps, scheduler, negative=None):
 STEPS = 50  # sigma_1 = 0.061 on the tiny Flux: the first inversion step's fixed point converges (test_flow_inversion)
 
 
-def test_invert_and_swap_with_pin_reconstructs_the_source_on_tiny_flux(sae, record_property):
-    """Tiny Flux, 50 steps, simple scheduler: Invert Latent -> Make Source/Target Pairs -> Self-Attention
+@pytest.mark.parametrize("family", FAMILIES)
+def test_invert_and_swap_with_pin_reconstructs_the_source(sae, record_property, family):
+    """Tiny DiT of each family (flow models), 50 steps, the family's test-bed scheduler: Invert Latent -> Make Source/Target Pairs -> Self-Attention
     Swap (FPE preset, inversion, pin_source) -> KSamplerAdvanced (add_noise disabled, euler, cfg 1): the
     swap node installs FlowStartFromLatent itself, the source comes back as the image latent to 1e-5
     (relative; the first inversion step's residual), the target (another prompt) differs from it.
     Without the swap, the Invert node's 'model' output sampled the same way reconstructs within the
     first-order solver's error on a random network (bound 0.25; measured 0.16 in test_flow_inversion),
     while the input model starts from zeros and lands far from the image (relative error > 0.5)."""
-    require_swap(sae, "flux")
+    adapter = require_swap(sae, family)
+    if "inversion" not in adapter.capabilities:
+        pytest.skip(f"{family}: its adapter does not offer Invert Latent yet")
+    need = adapter.min_comfyui.get("inversion")
+    if need is not None and comfy_version() < need:
+        pytest.skip(f"ComfyUI {'.'.join(map(str, comfy_version()))}: {family}'s Invert Latent needs "
+                    f"{'.'.join(map(str, need))}")
     ns = sae("nodes.node_swap")
-    model = dit_testbed.tiny_dit("flux")
-    pos, tgt = dit_testbed.tiny_dit_conditioning("flux", 1), dit_testbed.tiny_dit_conditioning("flux", 2)
-    x0 = image_latent("flux")
+    model = dit_testbed.tiny_dit(family)
+    sched = dit_testbed.SCHEDULER[family]
+    pos, tgt = dit_testbed.tiny_dit_conditioning(family, 1), dit_testbed.tiny_dit_conditioning(family, 2)
+    x0 = image_latent(family)
     noise, inv, start_model = sae("nodes.node_invert").InvertLatent.execute(model, pos, {"samples": x0}, STEPS,
-                                                                            "simple").args
+                                                                            sched).args
     pairs = ns.MakePairs.execute(noise).args[0]
     swapped = node_swap(sae, model, preset=FPE, end=0.8, inversion=inv, pin=True)
-    out = ksampler_no_noise(swapped, ns.PairConditioning.execute(pos, tgt).args[0], pairs, STEPS, "simple")
+    out = ksampler_no_noise(swapped, ns.PairConditioning.execute(pos, tgt).args[0], pairs, STEPS, sched)
     pinned = rel_error(out[:1], x0)
     target_change = rel_error(out[1:], x0)
-    plain = rel_error(ksampler_no_noise(start_model, pos, noise, STEPS, "simple"), x0)
-    from_zeros = rel_error(ksampler_no_noise(model, pos, noise, STEPS, "simple"), x0)
-    record_property("flux_node_reconstruction", {"steps": STEPS, "pinned_source": pinned, "target": target_change,
-                                                 "invert_model_output": plain, "input_model": from_zeros})
+    plain = rel_error(ksampler_no_noise(start_model, pos, noise, STEPS, sched), x0)
+    from_zeros = rel_error(ksampler_no_noise(model, pos, noise, STEPS, sched), x0)
+    record_property(f"{family}_node_reconstruction", {"steps": STEPS, "pinned_source": pinned,
+                                                      "target": target_change, "invert_model_output": plain,
+                                                      "input_model": from_zeros})
     assert pinned < 1e-5, pinned
     assert target_change > 1e-3, target_change
     assert plain < 0.25, plain

@@ -34,26 +34,27 @@ Self-Attention Swap through the adapter (nodes/node_swap.py calls only select() 
     chosen = adapter.select(adapter.layers(), preset, custom)   # FPE_PRESET: default_layers("swap")
     window = swap_patch.SwapWindow(start, end, all_chunks, fallback_sampling=model_sampling)
     m = model.clone()
-    adapter.install_swap(m, chosen, window, inversion, pin_source)
+    adapter.install_self_attention_swap(m, chosen, window, inversion, pin_source)
 
-install_swap (here, shared by every family) calls install_swap_hooks(m, chosen, window), the family's
-part, then installs what every family needs: swap_patch's GuiderCondsWrapper / ChunkRolesWrapper (which
+install_self_attention_swap (here, shared by every family) calls install_swap(m, chosen, window), the
+family's part, then installs what every family needs: swap_patch's GuiderCondsWrapper / ChunkRolesWrapper (which
 chunk is the positive one), with an inversion PinSourceToTrajectory (pin_source) and, on a
 rectified-flow model_sampling, inversion.FlowStartFromLatent (the sampler starts at the inverted
-latent, not at zeros). The default install_swap_hooks is the joint-attention swap of DiTs
+latent, not at zeros). The default install_swap is the joint-attention swap of DiTs
 (sae_patches/dit_swap.install_joint_swap), driven by two answers an adapter gives:
   - swap_hook() -> one of dit_swap.HOOKS: "attn1_patch" (core passes the joint q/k/v to
     transformer_options["patches"]["attn1_patch"]: Flux.1/Flux.2/Chroma, Qwen-Image; ComfyUI 0.33),
     "mmdit" (SD3/3.5: block marker in patches_replace["dit"] + optimized_attention_override) or
     "lumina" (Lumina2/Z-Image: optimized_attention_override reading block_type/block_index). Default:
     attention_hook() when that is one of these names.
-  - swap_layer(layer) -> the (block_type, block_index) pair the hook sees for a LayerInfo. Default:
-    the key "<block_type>.<index>" split at its last dot ("double.3" -> ("double", 3)).
+  - swap_layers(layers) -> the (block_type, block_index) pairs the hook sees for the chosen LayerInfos,
+    each block once. Default: from keys "<block_type>.<index>[.<n>]" ("double.3", "double.3.1" ->
+    ("double", 3)).
 A DiT adapter therefore needs, for the swap: capabilities containing "swap" (and min_comfyui["swap"]
 where its hook needs a newer ComfyUI), layers(), select() (mapping FPE_PRESET to default_layers("swap"),
 the family's literature default, documented in docs/dit.md) and swap_hook() (or an attention_hook() that
-returns a dit_swap.HOOKS name); swap_layer() only when its keys are not "<type>.<index>". The UNet
-adapter overrides install_swap_hooks (attn1 replaces per layer key and the text-width check).
+returns a dit_swap.HOOKS name); swap_layers() only when its keys are not "<type>.<index>[.<n>]". The
+UNet adapter overrides install_swap (attn1 replaces per layer key and the text-width check).
 default_swap_window() -> (start, end): the family's recommended window (the node's widgets default to
 FPE's 0 to 0.8; docs/dit.md gives each family's).
 
@@ -210,23 +211,32 @@ class FamilyAdapter:
                                       f"attention_hook() is {hook!r}")
         return hook
 
-    def swap_layer(self, layer: LayerInfo) -> tuple[str, int]:
-        """(block_type, block_index) of a layer as the swap hook sees it."""
-        kind, _, index = layer.key.rpartition(".")
-        return kind, int(index)
+    def swap_layers(self, layers: list[LayerInfo]) -> list[tuple[str, int]]:
+        """(block_type, block_index) pairs the swap hook sees for the chosen layers, in order, each once.
+        Default: LayerInfo.block of keys "<block_type>.<index>[.<n>]" (dit_common's rule; a second
+        self-attention "double.3.1" is the same block as "double.3")."""
+        out: list[tuple[str, int]] = []
+        for layer in layers:
+            kind, index = layer.key.split(".")[:2]
+            pair = (kind, int(index))
+            if pair not in out:
+                out.append(pair)
+        return out
 
     def default_swap_window(self) -> tuple[float, float]:
         """(start, end) fractions of the denoising recommended for the swap on this family."""
         return 0.0, 0.8  # FPE (Liu et al. 2024): self-attention swapped over the first 80% of the steps
 
-    def install_swap_hooks(self, model, chosen: list[LayerInfo], window) -> None:
-        """Register the swap of the chosen layers on the clone `model` (DiTs: the joint-attention swap)."""
+    def install_swap(self, model, layers: list[LayerInfo], window) -> None:
+        """The family's part: register the swap of the chosen layers on the clone `model` (DiTs: the
+        joint-attention swap through swap_hook() and swap_layers())."""
         from ..dit_swap import install_joint_swap
 
-        install_joint_swap(model, self.swap_hook(), [self.swap_layer(x) for x in chosen], window,
+        install_joint_swap(model, self.swap_hook(), self.swap_layers(layers), window,
                            model.get_model_object("diffusion_model"))
 
-    def install_swap(self, model, chosen: list[LayerInfo], window, inversion=None, pin_source: bool = True) -> None:
+    def install_self_attention_swap(self, model, chosen: list[LayerInfo], window, inversion=None,
+                                    pin_source: bool = True) -> None:
         """Self-Attention Swap on the clone `model` (the caller cloned it; the input MODEL is never touched):
         the family's hooks for the chosen layers with the node's SwapWindow, then the wrappers every family
         shares (one of each per model, however many swap nodes are chained)."""
@@ -241,7 +251,7 @@ class FamilyAdapter:
             PinSourceToTrajectory,
         )
 
-        self.install_swap_hooks(model, chosen, window)
+        self.install_swap(model, chosen, window)
         # Which chunk is the positive one, read from the guider (DualCFGGuider and SAG's extra pass do
         # not put it at cond_or_uncond 0), and the model_sampling in force for the window.
         model.remove_wrappers_with_key(pe.WrappersMP.PREDICT_NOISE, ROLES_WRAPPER_KEY)

@@ -50,7 +50,7 @@ class QwenImageRows:
 class QwenImageAdapter(FamilyAdapter):
     name = "qwen_image"
     display = "Qwen-Image"
-    capabilities = ("directions", "apply")
+    capabilities = ("directions", "apply", "swap", "inversion")
     min_comfyui = {"swap": (0, 33, 0), "inversion": (0, 33, 0)}  # attn1_patch in the blocks: 0.33
 
     def __init__(self, model):

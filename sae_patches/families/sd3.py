@@ -46,7 +46,7 @@ class SD3ImageRows:
 class SD3Adapter(FamilyAdapter):
     name = "sd3"
     display = "SD3/SD3.5"
-    capabilities = ("directions", "apply")
+    capabilities = ("directions", "apply", "swap", "inversion")
     min_comfyui = {"inversion": (0, 33, 0)}  # the swap's "mmdit" hooks exist on 0.3.75 as well
 
     def __init__(self, model):

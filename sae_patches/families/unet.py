@@ -127,7 +127,7 @@ class UNetAdapter(FamilyAdapter):
     def image_token_slice(self, extra_options, sequence_length):
         return slice(0, sequence_length)  # attn1 of a UNet sees image tokens only
 
-    def install_swap_hooks(self, model, chosen, window):
+    def install_swap(self, model, layers, window):
         """FPE's swap as attn1 replaces (keys from swap_keys, calling through the replace another node put
         on that layer: exact key first, then the block-wide 2-tuple key, ComfyUI's lookup order), and SwapInputCheck: pairs batch and text widths checked before the UNet runs. `model` is
         the clone; the replaces already there are read from it (a clone shares them with its input)."""
@@ -138,7 +138,7 @@ class UNetAdapter(FamilyAdapter):
         edit_chunks = frozenset({0, 1}) if window.all_chunks else frozenset({0})
         available = self.layers()
         replaces = dict(attn1_replaces(model))
-        for key in swap_keys(model, available, chosen):
+        for key in swap_keys(model, available, layers):
             inner = (replaces.get(key) or replaces.get(key[:2])) if len(key) == 3 else replaces.get(key)
             model.set_model_attn1_replace(SelfAttentionSwapPatch(window.start, window.end, edit_chunks, inner, window),
                                           *key)
