@@ -10,6 +10,7 @@ that name resolutions or UNet parts have no counterpart and are refused with the
 from __future__ import annotations
 
 from ...sae_math.layers import FPE_PRESET, LayerInfo, select_layers
+from .base import FamilyAdapter
 
 PREFIX = "diffusion_model."
 UNET_ONLY_PRESETS = ("middle block", "latent resolution", "lowest resolution", "input blocks", "output blocks")
@@ -23,6 +24,27 @@ def patch_tokens(shape, patch: int) -> int:
     for t in shape[2:-2]:
         frames *= int(t)
     return frames * (-(-h // patch)) * (-(-w // patch))
+
+
+class JointBlocksAdapter(FamilyAdapter):
+    """The part Qwen-Image, SD3/3.5 and Lumina2/Z-Image share: one list of joint blocks ("double.<i>"), every
+    block the default of both methods (no published vital-layer set adopted for these layouts; docs/dit.md),
+    the presets of dit_select. Subclasses set help_text (the custom list's syntax) and answer the rest."""
+
+    help_text = "comma-separated: 'double' (every block), a block such as 'double.3'"
+
+    def __init__(self, model):
+        super().__init__(model)
+        self._dm = model.get_model_object("diffusion_model")
+
+    def select(self, layers, preset, custom=""):
+        return dit_select(layers, preset, custom, lambda: self.default_layers("swap"), self.help_text, self.display)
+
+    def default_layers(self, method):
+        return self.layers()
+
+    def custom_list_help(self):
+        return self.help_text
 
 
 def dit_select(layers: list[LayerInfo], preset: str, custom: str, default, help_text: str, display: str):

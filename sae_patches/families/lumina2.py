@@ -23,8 +23,16 @@ block_type / block_index): 0.33 only.
 from __future__ import annotations
 
 from ...sae_math.joint_swap import padded_image_tokens
-from .base import FamilyAdapter, QKVSource
-from .dit_common import PREFIX, dit_select, install_linear_edits, layer_from_block, patch_tokens, row_error, swap_layers
+from .base import QKVSource
+from .dit_common import (
+    PREFIX,
+    JointBlocksAdapter,
+    install_linear_edits,
+    layer_from_block,
+    patch_tokens,
+    row_error,
+    swap_layers,
+)
 
 _MODEL = ("comfy.ldm.lumina.model", "NextDiT")
 HELP = "comma-separated: 'double' (every main joint layer), a layer such as 'double.3'"
@@ -46,17 +54,14 @@ class LuminaImageRows:
         return slice(length - padded, length - padded + image)
 
 
-class Lumina2Adapter(FamilyAdapter):
+class Lumina2Adapter(JointBlocksAdapter):
     name = "lumina2"
     display = "Lumina2/Z-Image"
+    help_text = HELP
     # Not "inversion" yet: on the tiny Z-Image the pinned reconstruction through the nodes is off by 7.4e-3
     # (other flow families: < 1e-6) and the unpinned one by 0.31; to be understood before the node offers it.
     capabilities = ("directions", "apply", "swap")
     min_comfyui = {"swap": (0, 33, 0), "inversion": (0, 33, 0)}  # block_index in transformer_options: 0.33
-
-    def __init__(self, model):
-        super().__init__(model)
-        self._dm = model.get_model_object("diffusion_model")
 
     @classmethod
     def matches(cls, diffusion_model) -> bool:
@@ -68,15 +73,6 @@ class Lumina2Adapter(FamilyAdapter):
 
         return [LayerInfo(f"double.{i}", f"layers.{i}", int(b.attention.qkv.in_features), 0)
                 for i, b in enumerate(self._dm.layers)]
-
-    def select(self, layers, preset, custom=""):
-        return dit_select(layers, preset, custom, lambda: self.default_layers("swap"), HELP, self.display)
-
-    def default_layers(self, method):
-        return self.layers()
-
-    def custom_list_help(self):
-        return HELP
 
     def row_ranges(self, layer):
         """((0, Hq Dh), (Hq Dh, (Hq + Hkv) Dh), ((Hq + Hkv) Dh, (Hq + 2 Hkv) Dh)) of layer's qkv."""

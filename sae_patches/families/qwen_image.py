@@ -22,8 +22,16 @@ Presets: "all", "custom list" ("double", "double.3"); the FPE default is every b
 
 from __future__ import annotations
 
-from .base import FamilyAdapter, QKVSource, TokenLayout
-from .dit_common import PREFIX, dit_select, install_linear_edits, layer_from_block, patch_tokens, row_error, swap_layers
+from .base import QKVSource, TokenLayout
+from .dit_common import (
+    PREFIX,
+    JointBlocksAdapter,
+    install_linear_edits,
+    layer_from_block,
+    patch_tokens,
+    row_error,
+    swap_layers,
+)
 
 _MODEL = ("comfy.ldm.qwen_image.model", "QwenImageTransformer2DModel")
 HELP = "comma-separated: 'double' (every transformer block), a block such as 'double.3'"
@@ -47,15 +55,12 @@ class QwenImageRows:
         return slice(0, layout.image)
 
 
-class QwenImageAdapter(FamilyAdapter):
+class QwenImageAdapter(JointBlocksAdapter):
     name = "qwen_image"
     display = "Qwen-Image"
+    help_text = HELP
     capabilities = ("directions", "apply", "swap", "inversion")
     min_comfyui = {"swap": (0, 33, 0), "inversion": (0, 33, 0)}  # attn1_patch in the blocks: 0.33
-
-    def __init__(self, model):
-        super().__init__(model)
-        self._dm = model.get_model_object("diffusion_model")
 
     @classmethod
     def matches(cls, diffusion_model) -> bool:
@@ -67,15 +72,6 @@ class QwenImageAdapter(FamilyAdapter):
 
         return [LayerInfo(f"double.{i}", f"transformer_blocks.{i}", int(b.attn.to_q.in_features), 0)
                 for i, b in enumerate(self._dm.transformer_blocks)]
-
-    def select(self, layers, preset, custom=""):
-        return dit_select(layers, preset, custom, lambda: self.default_layers("swap"), HELP, self.display)
-
-    def default_layers(self, method):
-        return self.layers()
-
-    def custom_list_help(self):
-        return HELP
 
     def _paths(self, layer):
         return [f"{layer.module_path}.attn.{name}" for name in ("to_q", "to_k", "to_v")]

@@ -22,8 +22,8 @@ block i, i.e. both its joint attention and its MMDiT-X self-attention. Presets a
 
 from __future__ import annotations
 
-from .base import FamilyAdapter, QKVSource
-from .dit_common import PREFIX, dit_select, install_linear_edits, patch_tokens, row_error, swap_layers
+from .base import QKVSource
+from .dit_common import PREFIX, JointBlocksAdapter, install_linear_edits, patch_tokens, row_error, swap_layers
 
 _MODULE = "comfy.ldm.modules.diffusionmodules.mmdit"
 HELP = ("comma-separated: 'double' (every joint block, with SD3.5 Medium's image self-attention layers), a block "
@@ -43,15 +43,12 @@ class SD3ImageRows:
         return slice(0, length)
 
 
-class SD3Adapter(FamilyAdapter):
+class SD3Adapter(JointBlocksAdapter):
     name = "sd3"
     display = "SD3/SD3.5"
+    help_text = HELP
     capabilities = ("directions", "apply", "swap", "inversion")
     min_comfyui = {"inversion": (0, 33, 0)}  # the swap's "mmdit" hooks exist on 0.3.75 as well
-
-    def __init__(self, model):
-        super().__init__(model)
-        self._dm = model.get_model_object("diffusion_model")
 
     @classmethod
     def matches(cls, diffusion_model) -> bool:
@@ -68,15 +65,6 @@ class SD3Adapter(FamilyAdapter):
             if getattr(x, "x_block_self_attn", False):
                 out.append(LayerInfo(f"double.{i}.1", f"joint_blocks.{i}", int(x.attn2.qkv.in_features), 0))
         return out
-
-    def select(self, layers, preset, custom=""):
-        return dit_select(layers, preset, custom, lambda: self.default_layers("swap"), HELP, self.display)
-
-    def default_layers(self, method):
-        return self.layers()
-
-    def custom_list_help(self):
-        return HELP
 
     @staticmethod
     def _path(layer):
