@@ -46,6 +46,9 @@ class JointBlocksAdapter(FamilyAdapter):
     def custom_list_help(self):
         return self.help_text
 
+    def layer_for_call(self, extra_options):
+        return layer_from_block(extra_options)
+
 
 def dit_select(layers: list[LayerInfo], preset: str, custom: str, default, help_text: str, display: str):
     """'all', the FPE default (default(): the family's swap default) and 'custom list' (select_layers'
@@ -83,16 +86,6 @@ def install_linear_edits(model, patch, targets) -> None:
                 forward = LinearInputEdit(path, columns, rows, ((patch, key),), model.get_model_object(f"{PREFIX}{path}"),
                                           inner=existing)
             model.add_object_patch(name, forward)
-
-
-def swap_layers(layers: list[LayerInfo]) -> list[tuple[str, int]]:
-    """The (block_type, block_index) pairs install_joint_swap takes for chosen layers, in order, each once
-    ("double.3" and "double.3.1" are one block: the swap acts on every image self-attention of the block)."""
-    out: list[tuple[str, int]] = []
-    for layer in layers:
-        if layer.block not in out:
-            out.append(layer.block)
-    return out
 
 
 def layer_from_block(extra_options) -> str | None:

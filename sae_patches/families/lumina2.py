@@ -28,10 +28,8 @@ from .dit_common import (
     PREFIX,
     JointBlocksAdapter,
     install_linear_edits,
-    layer_from_block,
     patch_tokens,
     row_error,
-    swap_layers,
 )
 
 _MODEL = ("comfy.ldm.lumina.model", "NextDiT")
@@ -99,12 +97,6 @@ class Lumina2Adapter(JointBlocksAdapter):
     def attention_hook(self):
         return "lumina"
 
-    def swap_layers(self, layers):
-        return swap_layers(layers)
-
-    def layer_for_call(self, extra_options):
-        return layer_from_block(extra_options)
-
     def image_token_slice(self, extra_options, sequence_length):
         """The main image's N tokens of a main-layer attention call (the latent's shape from the swap's
         SwapLatentShape wrapper; the pad tokens after them excluded, though the swap moves them with the
@@ -118,8 +110,3 @@ class Lumina2Adapter(JointBlocksAdapter):
         padded = padded_image_tokens(shape[-2], shape[-1], p, multiple)
         start = sequence_length - padded
         return slice(start, start + patch_tokens(shape, p))
-
-    def install_swap(self, model, layers, window):
-        from ..dit_swap import install_joint_swap
-
-        install_joint_swap(model, self.attention_hook(), self.swap_layers(layers), window, self._dm)

@@ -27,10 +27,8 @@ from .dit_common import (
     PREFIX,
     JointBlocksAdapter,
     install_linear_edits,
-    layer_from_block,
     patch_tokens,
     row_error,
-    swap_layers,
 )
 
 _MODEL = ("comfy.ldm.qwen_image.model", "QwenImageTransformer2DModel")
@@ -93,12 +91,6 @@ class QwenImageAdapter(JointBlocksAdapter):
     def attention_hook(self):
         return "attn1_patch"
 
-    def swap_layers(self, layers):
-        return swap_layers(layers)
-
-    def layer_for_call(self, extra_options):
-        return layer_from_block(extra_options)
-
     def image_token_slice(self, extra_options, sequence_length):
         """img_slice = [T, T + N + R] of the joint q/k/v (0.33), less the trailing reference tokens."""
         start, stop = extra_options.get("img_slice", (0, sequence_length))
@@ -107,9 +99,3 @@ class QwenImageAdapter(JointBlocksAdapter):
 
     def install_attention_patch(self, model, patch):
         model.set_model_attn1_patch(patch)
-
-    def install_swap(self, model, layers, window):
-        """The joint swap on a clone: dit_swap.install_joint_swap with this family's hook and blocks."""
-        from ..dit_swap import install_joint_swap
-
-        install_joint_swap(model, self.attention_hook(), self.swap_layers(layers), window, self._dm)

@@ -23,7 +23,7 @@ block i, i.e. both its joint attention and its MMDiT-X self-attention. Presets a
 from __future__ import annotations
 
 from .base import QKVSource
-from .dit_common import PREFIX, JointBlocksAdapter, install_linear_edits, patch_tokens, row_error, swap_layers
+from .dit_common import PREFIX, JointBlocksAdapter, install_linear_edits, patch_tokens, row_error
 
 _MODULE = "comfy.ldm.modules.diffusionmodules.mmdit"
 HELP = ("comma-separated: 'double' (every joint block, with SD3.5 Medium's image self-attention layers), a block "
@@ -84,9 +84,6 @@ class SD3Adapter(JointBlocksAdapter):
     def attention_hook(self):
         return "mmdit"
 
-    def swap_layers(self, layers):
-        return swap_layers(layers)
-
     def layer_for_call(self, extra_options):
         """The block MMDiTBlockMarker named in the attention call's transformer_options (SD3 sets no
         block_index itself); None outside a marked block."""
@@ -103,8 +100,3 @@ class SD3Adapter(JointBlocksAdapter):
         if where is None:
             raise ValueError(f"an SD3 attention call of {sequence_length} tokens outside a marked block")
         return slice(where[1], where[2])
-
-    def install_swap(self, model, layers, window):
-        from ..dit_swap import install_joint_swap
-
-        install_joint_swap(model, self.attention_hook(), self.swap_layers(layers), window, self._dm)
