@@ -27,16 +27,26 @@ if str(REPO) not in sys.path:
 FAMILY_WIDTHS = {
     "sd15": [320] * 2 + [640] * 2 + [1280] * 2 + [1280] + [1280] * 3 + [640] * 3 + [320] * 3,
     "sdxl": [640] * 4 + [1280] * 20 + [1280] * 10 + [1280] * 30 + [640] * 6,
+    # DiT image-stream attention (q, k, v each (D, D) rows of the fused or separate Linears):
+    # FLUX.1 dev/schnell/Kontext and Chroma: 19 double + 38 single blocks at 3072; FLUX.2 dev: 8 + 48 at 6144;
+    # Qwen-Image: 60 blocks at 3072; SD3.5 Large: 38 joint blocks at 2432; Z-Image: 30 main layers at 3840.
+    "flux1": [3072] * 57,
+    "flux2": [6144] * 56,
+    "qwen_image": [3072] * 60,
+    "sd35_large": [2432] * 38,
+    "z_image": [3840] * 30,
 }
+DIT_SETS = ("flux1", "flux2", "qwen_image", "sd35_large", "z_image")
 
 
-def random_layers(family: str, seed: int = 0):
-    """[(wq, wk, wv)] per attn1 layer: fp16 (as checkpoints store them), N(0, 1/d), deterministic."""
+def random_layers(family: str, seed: int = 0, count: int | None = None):
+    """[(wq, wk, wv)] per attn1 layer: fp16 (as checkpoints store them), N(0, 1/d), deterministic; the
+    first `count` layers only when given (a FLUX.2 set in full is 12 GB)."""
     import torch
 
     gen = torch.Generator().manual_seed(seed)
     return [tuple((torch.randn(d, d, generator=gen) / d**0.5).to(torch.float16) for _ in range(3))
-            for d in FAMILY_WIDTHS[family]]
+            for d in FAMILY_WIDTHS[family][:count]]
 
 
 def timed(fn, repeats: int, warmup: int = 1):

@@ -3,6 +3,10 @@ reference on full-size SD1.5 (16 attn1 layers) and SDXL (70) weight sets with de
 weights, the machine's matmul throughput, and the cost of a cache-hit request (hashing vs lookup).
 
     $SAE_VENV/bin/python bench/eigendirections.py [--out results.json] [--repeats 3]
+    $SAE_VENV/bin/python bench/eigendirections.py --dit --ks 16 --out bench/results/eigendirections_dit.json
+
+--dit times the DiT widths (FLUX.1 3072 x 57 layers, FLUX.2 6144 x 56, Qwen-Image 3072 x 60, SD3.5 Large
+2432 x 38, Z-Image 3840 x 30) on their first --sample-layers layers and extrapolates to the whole model.
 
 Prints markdown tables; --out also writes everything as JSON. Needs COMFYUI_PATH for the cache-hit part
 (scripts/bootstrap.sh sets it; --no-comfy skips that part).
@@ -23,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from _common import FAMILY_WIDTHS, machine, md_table, random_layers, timed  # noqa: E402
+from _common import DIT_SETS, FAMILY_WIDTHS, machine, md_table, random_layers, timed  # noqa: E402
 from sae_math import eigen  # noqa: E402
 from testbed import principal_angles  # noqa: E402  (bench/_common puts tests/ on sys.path)
 
@@ -89,11 +93,18 @@ def gemm_throughput(repeats):
 # ---------------------------------------------------------------------------------------------------
 # Eigen benchmark
 
-def bench_family(family, ks, repeats):
-    layers = random_layers(family)
+def bench_family(family, ks, repeats, sample=None):
+    """Every layer of the set, or its first `sample` layers (then the times are also extrapolated to the
+    whole set: total_s = median time per layer x layers of the model; the layers of one set have one
+    width, so they cost alike). The float64 reference runs once when sampling (it is the slow part)."""
+    layers = random_layers(family, count=sample)
+    model_layers = len(FAMILY_WIDTHS[family])
     kmax = max(ks)
-    ref_med, ref_times, ref = timed(lambda: [eigen.reference_eigenpairs_f64(*ws, kmax) for ws in layers], repeats, warmup=0)
-    out = {"family": family, "layers": len(layers), "reference_s": ref_med, "reference_runs_s": ref_times,
+    ref_med, ref_times, ref = timed(lambda: [eigen.reference_eigenpairs_f64(*ws, kmax) for ws in layers],
+                                    1 if sample else repeats, warmup=0)
+    out = {"family": family, "layers": len(layers), "model_layers": model_layers, "width": layers[0][0].shape[1],
+           "reference_s": ref_med, "reference_runs_s": ref_times,
+           "reference_model_s": ref_med / len(layers) * model_layers,
            "reference_model_gflop": sum(reference_flops(ws[0].shape[1]) for ws in layers) / 1e9, "k": {}}
     for k in ks:
         med, times, res = timed(lambda: [eigen.top_eigenpairs_report(*ws, k) for ws in layers], repeats)
@@ -115,6 +126,7 @@ def bench_family(family, ks, repeats):
             assert torch.all(values[:-1] >= values[1:]), "values must be descending"
             assert float((gram - torch.eye(k, dtype=torch.float64)).abs().max()) < 1e-5, "rows must be orthonormal"
         out["k"][k] = {"ours_s": med, "ours_runs_s": times, "speedup": ref_med / med,
+                       "ours_model_s": med / len(layers) * model_layers,
                        "max_angle_rad": angle, "max_value_rel_err": rel, "max_angle_bound": bound,
                        "methods": dict(methods), "fallbacks_to_f64": fallbacks, "corrections": corrections,
                        "model_gflop": flops / 1e9, "worst_layer_report": repr(worst)}
@@ -197,9 +209,16 @@ def main(argv=None):
     parser.add_argument("--ks", default="8,16,64")
     parser.add_argument("--families", default="sd15,sdxl")
     parser.add_argument("--no-comfy", action="store_true", help="skip the ComfyUI parts (hashing, cache hit)")
+    parser.add_argument("--dit", action="store_true",
+                        help=f"the DiT sets ({', '.join(DIT_SETS)}) instead of --families, their first "
+                             "--sample-layers layers each, extrapolated to the whole model; implies --no-comfy")
+    parser.add_argument("--sample-layers", type=int, default=2, help="layers timed per DiT set (--dit)")
     args = parser.parse_args(argv)
     ks = [int(x) for x in args.ks.split(",")]
     families = [f for f in args.families.split(",") if f]
+    sample = None
+    if args.dit:
+        families, sample, args.no_comfy = list(DIT_SETS), args.sample_layers, True
 
     results = {"machine": machine(), "repeats": args.repeats,
                "tolerances": {"angle_rad": eigen.ANGLE_TOL, "value_rtol": eigen.VALUE_RTOL}}
@@ -216,7 +235,7 @@ def main(argv=None):
     results["eigen"] = []
     rows = []
     for family in families:
-        r = bench_family(family, ks, args.repeats)
+        r = bench_family(family, ks, args.repeats, sample)
         results["eigen"].append(r)
         ref_rate = r["reference_model_gflop"] / r["reference_s"]
         for k, x in r["k"].items():
@@ -229,6 +248,13 @@ def main(argv=None):
     print(md_table(["set", "layers", "k", "float64 eigh (s)", "ours (s)", "speedup", "max angle (rad)",
                     "max eigenvalue rel. err", "max angle bound", "methods", "float64 fallbacks",
                     "ours GFLOP/s (of f32 GEMM)", "reference GFLOP/s (of f64 GEMM)"], rows))
+    if sample:
+        print(f"\nWhole models, extrapolated from the first {sample} layers of each set (time per layer x layers):\n")
+        print(md_table(["set", "width", "layers", "k", "ours per layer (s)", "ours, whole model (s)",
+                        "float64 eigh, whole model (s)"],
+                       [[r["family"], r["width"], r["model_layers"], k, f"{x['ours_s'] / r['layers']:.2f}",
+                         f"{x['ours_model_s']:.0f}", f"{r['reference_model_s']:.0f}"]
+                        for r in results["eigen"] for k, x in r["k"].items()]))
 
     if not args.no_comfy:
         import testbed

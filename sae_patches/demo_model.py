@@ -35,7 +35,7 @@ FORMAT = "sae-shapes-demo-1"
 # The committed demo checkpoint and its sha256 (checked at load: a corrupted or replaced file fails loudly).
 EMBEDDED_FILENAME = "shapes-demo-sd1.safetensors"
 EMBEDDED_PATH = Path(__file__).resolve().parent.parent / "models" / EMBEDDED_FILENAME
-EMBEDDED_SHA256 = "238255391568eaad6abeaf15b2ee97df831b2b0475b3fd7aab78197cc66ef12c"
+EMBEDDED_SHA256 = "8b5817bf1b0993cd908ec0642e9cf15b044aa937473b3374f6ab8a683885a270"
 
 # Sizes chosen for what a 2-core CPU can train (tools/train_shapes.py; measurements in docs/shapes-model.md).
 DEFAULT_ARCHITECTURE = {

@@ -32,6 +32,8 @@ each row's own; outside the window, on rows not chosen, or in blocks not chosen 
 
 from __future__ import annotations
 
+import torch
+
 from ..sae_math.errors import NodeInputError
 from ..sae_math.joint_swap import image_token_range, padded_image_tokens, swap_image_qk
 from .swap_patch import SWAP_NODE
@@ -183,9 +185,14 @@ class JointSwapOverride:
 
 class SwapLatentShape:
     """WrappersMP.APPLY_MODEL wrapper of a swapped DiT: refuses a latent batch that is not made of pairs
-    (before the model runs, as the UNet path's SwapInputCheck does) and hands x's shape to the attention
-    override through a copy of transformer_options (Lumina2's image token count). The APPLY_MODEL
-    signature is the same for every model, unlike DIFFUSION_MODEL's."""
+    and text embeddings of another width than the model's text input takes (text_width; None: not
+    checked), before the model runs, as the UNet path's SwapInputCheck does; hands x's shape to the
+    attention override through a copy of transformer_options (Lumina2's image token count). The
+    APPLY_MODEL signature is the same for every model, unlike DIFFUSION_MODEL's. Immutable."""
+
+    def __init__(self, text_width: int | None = None, display: str = "this"):
+        self.text_width = text_width
+        self.display = display
 
     def __deepcopy__(self, memo):
         return self
@@ -198,6 +205,14 @@ class SwapLatentShape:
                 SWAP_NODE, "latent_image (of the sampler)", f"batch {rows // max(chunks, 1)}",
                 "the latent batch cannot be split into source/target pairs; a swap samples pairs "
                 "[s1, t1, s2, t2, ...]: make the sampler's latent with 'Make Source/Target Pairs'")
+        if (self.text_width and isinstance(c_crossattn, torch.Tensor) and c_crossattn.ndim == 3
+                and c_crossattn.shape[-1] != self.text_width):
+            raise NodeInputError(
+                SWAP_NODE, "positive/negative (of the sampler)", f"text width {c_crossattn.shape[-1]}",
+                f"this {self.display} model's text input takes embeddings of width {self.text_width}; the "
+                "conditioning comes from another model's text encoder (e.g. CLIP-L on a T5 model): encode "
+                "source and target prompts with the text encoder this model uses, then 'Source/Target "
+                "Conditioning'")
         transformer_options = {**transformer_options, LATENT_SHAPE_KEY: tuple(x.shape)}
         return executor(x, t, c_concat, c_crossattn, control, transformer_options, *args, **kwargs)
 
@@ -205,11 +220,14 @@ class SwapLatentShape:
 HOOKS = ("attn1_patch", "mmdit", "lumina")
 
 
-def install_joint_swap(m, hook: str, layers, window, diffusion_model=None) -> None:
+def install_joint_swap(m, hook: str, layers, window, diffusion_model=None, text_width: int | None = None,
+                       display: str = "this") -> None:
     """Register the DiT swap on the clone m (a ModelPatcher the caller cloned; the input MODEL is never
     touched). hook: "attn1_patch" (Flux, Flux.2, Chroma, Qwen-Image), "mmdit" (SD3/3.5) or "lumina"
     (Lumina2/Z-Image); layers: (block_type, block_index) pairs; window: the node's SwapWindow;
-    diffusion_model: the DiT module (for "lumina": patch_size and pad_tokens_multiple). The caller also
+    diffusion_model: the DiT module (for "lumina": patch_size and pad_tokens_multiple); text_width: the
+    width of the text embeddings the model takes (checked before it runs), display: the family's name for
+    that error. The caller also
     installs swap_patch's GuiderCondsWrapper / ChunkRolesWrapper (roles) and, with an inversion,
     PinSourceToTrajectory, as the UNet path does."""
     import comfy.patcher_extension as pe
@@ -217,7 +235,7 @@ def install_joint_swap(m, hook: str, layers, window, diffusion_model=None) -> No
     layers = frozenset((str(t), int(i)) for t, i in layers)
     if hook not in HOOKS:
         raise ValueError(f"unknown DiT swap hook {hook!r}; one of {HOOKS}")
-    m.add_wrapper_with_key(pe.WrappersMP.APPLY_MODEL, SHAPE_WRAPPER_KEY, SwapLatentShape())
+    m.add_wrapper_with_key(pe.WrappersMP.APPLY_MODEL, SHAPE_WRAPPER_KEY, SwapLatentShape(text_width, display))
     if hook == "attn1_patch":
         m.set_model_attn1_patch(JointSwapAttn1Patch(layers, window))
         return

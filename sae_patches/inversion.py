@@ -40,7 +40,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..sae_math.flow_inversion import flow_inversion_step, invert_first_step, velocity
+from ..sae_math.flow_inversion import first_step_bound, flow_inversion_step, invert_first_step, velocity
 
 NODE = "Invert Latent (DDIM)"
 # Model evaluations at most for a flow model's first inversion step (Anderson-accelerated fixed point;
@@ -161,7 +161,8 @@ def _flow_sampler_function(trajectory: list[torch.Tensor], progress, report: dic
                     return velocity(point, d, hi)
 
                 x_new, used, residual = invert_first_step(x, hi, velocity_at, FLOW_FIRST_STEP_ITERATIONS)
-                report.update(evaluations=used, residual=residual)
+                report.update(evaluations=used, residual=residual, bound=first_step_bound(x), sigma_1=float(hi),
+                              steps=len(sigmas) - 1)
                 denoised = seen[-1]
             if callback is not None:
                 callback({"x": x, "i": i, "sigma": hi, "sigma_hat": hi, "denoised": denoised})
@@ -205,9 +206,16 @@ def invert(model, positive, latent: torch.Tensor, steps: int, scheduler: str, cf
     # The output is taken from the trajectory, not from sample_custom's return value: KSAMPLER applies
     # inverse_noise_scaling at the last sigma, which divides by (1 - sigma) = 0 for flow models at sigma 1.
     if report:
-        logging.getLogger("self_attention_edit").info(
-            "%s: flow model; first step solved in %d evaluation(s), residual %.3g", NODE,
-            report["evaluations"], report["residual"])
+        log = logging.getLogger("self_attention_edit")
+        if report["residual"] <= report["bound"]:
+            log.info("%s: flow model; first step solved in %d evaluation(s), residual %.3g", NODE,
+                     report["evaluations"], report["residual"])
+        else:
+            log.warning(
+                "%s: the first inversion step (sigma 0 -> %.4g) did not converge in %d model evaluations: "
+                "residual %.3g (max abs, in the sampler's latent space). A source pinned to this inversion comes back off by that "
+                "much at the last step; more steps (a smaller first sigma; now %d steps) usually fix it.",
+                NODE, report["sigma_1"], report["evaluations"], report["residual"], report["steps"])
     latents = torch.stack(trajectory)
     noise_out = model.model.process_latent_out(latents[-1].to(latent.device)).to(latent)
     return noise_out, Inversion(sigmas.double(), latents, steps, scheduler, float(cfg))

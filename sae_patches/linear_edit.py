@@ -28,6 +28,19 @@ from .direction_patch import ModelCall, current_call
 TokenRows = Callable[[ModelCall, int], slice]
 
 
+def call_linear(path: str, module, call: ModelCall | None):
+    """The Linear at `path` of this call: from the BaseModel running it (a multi-GPU copy has its own
+    modules); `module` (the one the node saw) when the call's BaseModel is unknown."""
+    base = getattr(call, "base_model", None)
+    diffusion_model = getattr(base, "diffusion_model", None)
+    if diffusion_model is not None:
+        try:
+            return diffusion_model.get_submodule(path)
+        except AttributeError:
+            pass
+    return module
+
+
 class LinearInputEdit:
     """The forward installed by add_object_patch("diffusion_model.<path>.forward", ...).
 
@@ -56,15 +69,7 @@ class LinearInputEdit:
                                self.module, self.inner)
 
     def _linear(self, call: ModelCall | None):
-        """The Linear of this call: from the BaseModel running it (a multi-GPU copy has its own modules)."""
-        base = getattr(call, "base_model", None)
-        diffusion_model = getattr(base, "diffusion_model", None)
-        if diffusion_model is not None:
-            try:
-                return diffusion_model.get_submodule(self.path)
-            except AttributeError:
-                pass
-        return self.module
+        return call_linear(self.path, self.module, call)
 
     def _run(self, module, x, *args, **kwargs):
         if self.inner is not None:
@@ -110,3 +115,68 @@ class LinearInputEdit:
         shift = both[:rows, :, start:stop] - both[rows:, :, start:stop]
         out[:, image, start:stop] += shift.to(out.dtype)
         return out
+
+
+PREFIX = "diffusion_model."
+
+
+def install_linear_edits(model, patch, targets) -> None:
+    """Apply Latent Direction's object patches on a clone: for every layer key of the patch, targets(key)
+    gives [(Linear path in the diffusion model, (start, stop) of its q/k/v output columns, token_rows rule)]
+    (FamilyAdapter.attention_inputs); one LinearInputEdit per Linear (a chained Apply node adds its edit to
+    the one there)."""
+    from .direction_patch import install_window_wrappers
+
+    install_window_wrappers(model)
+    for key in patch.vectors:
+        for path, columns, rows in targets(key):
+            name = f"{PREFIX}{path}.forward"
+            existing = model.object_patches.get(name)
+            if isinstance(existing, LinearInputEdit):
+                forward = existing.with_edit(patch, key)
+            else:
+                forward = LinearInputEdit(path, columns, rows, ((patch, key),), model.get_model_object(f"{PREFIX}{path}"),
+                                          inner=existing)
+            model.add_object_patch(name, forward)
+
+
+class LinearInputProbe:
+    """An object-patch forward that shows the image rows of a q/k/v Linear's input, (rows, image tokens, d),
+    to observer(layer_key, z, sigma, t) (the call's highest sigma and its timestep) and returns the Linear's output unchanged (nothing is edited). Runs
+    whatever forward was there (inner: another pack's object patch or an Apply edit), so a probe sees the
+    input the model really gets."""
+
+    def __init__(self, path: str, layer_key: str, token_rows: TokenRows, observer, module, inner=None):
+        self.path = path
+        self.layer_key = layer_key
+        self.token_rows = token_rows
+        self.observer = observer
+        self.module = module
+        self.inner = inner
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def __call__(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        call = current_call()
+        if call is not None and x.ndim == 3 and call.sigmas:
+            top = max(range(len(call.sigmas)), key=call.sigmas.__getitem__)
+            self.observer(self.layer_key, x[:, self.token_rows(call, x.shape[1])], call.sigmas[top],
+                          call.timesteps[top])
+        if self.inner is not None:
+            return self.inner(x, *args, **kwargs)
+        module = call_linear(self.path, self.module, call)
+        return type(module).forward(module, x, *args, **kwargs)
+
+
+def install_linear_probes(model, observer, keys, targets) -> None:
+    """LinearInputProbe on the first q/k/v Linear of each layer key (the others see the same input) of the
+    clone `model`; the window wrappers too (they set current_call)."""
+    from .direction_patch import install_window_wrappers
+
+    install_window_wrappers(model)
+    for key in keys:
+        path, _columns, rows = targets(key)[0]
+        name = f"{PREFIX}{path}.forward"
+        model.add_object_patch(name, LinearInputProbe(path, key, rows, observer, model.get_model_object(f"{PREFIX}{path}"),
+                                                      inner=model.object_patches.get(name)))

@@ -5,7 +5,7 @@
 # the measured times). Checkpoints live outside git in $SAE_TRAIN_DIR (default <cache>/train/shapes-demo).
 #   UNET_STEPS (default 20000): the UNet's final step; UNET_SHARED_STEPS (default 4000): its steps beside the
 #   decoder. Nothing else heavy should run meanwhile (the notes: a busy core slows training 2-8x). The
-#   committed model is the UNet at step 14250 (its metadata says so; resumed from 9499 in a later session);
+#   committed model is the UNet at step 20000 (its metadata says so; resumed from 9499 over three sessions);
 #   in the first run the UNet went on to step 5330 on one thread until the decoder was done. Batches depend
 #   on the step only, so thread counts change nothing but float rounding.
 set -euo pipefail

@@ -9,6 +9,12 @@ for the adapter of the MODEL's family and speaks to that:
     chosen = adapter.select(layers, preset, custom)   # ValueError with the reason (the node wraps it)
     source = adapter.qkv_source(layer)            # where q/k/v weights are (weights.layer_weights reads them)
     adapter.install_direction(clone, patch)       # Apply Latent Direction's edit on the clone
+    adapter.install_input_probe(clone, obs, keys) # the spread probe (sae_patches/input_probe.py)
+    adapter.text_width()                          # width of the text embeddings the model takes
+
+DiT adapters answer attention_inputs(key) (the q/k/v Linears of a layer, their q/k/v output columns, the
+image-row rule): install_direction and install_input_probe are built on it by default; the UNet adapter
+uses attn1 patches instead.
 
 An adapter is built per node call around the MODEL it was given and is never stored in a patch: patches keep
 only what they need (layer keys, vectors, row rules), so they do not hold a ModelPatcher.
@@ -99,6 +105,16 @@ class TokenLayout:
     text: int | None = None
 
 
+def linear_in_features(module) -> int | None:
+    """in_features of a Linear-like module (ComfyUI's ops subclass nn.Linear; other layers: the weight's
+    columns), None for anything else."""
+    width = getattr(module, "in_features", None)
+    if width is None:
+        weight = getattr(module, "weight", None)
+        width = weight.shape[-1] if getattr(weight, "ndim", 0) == 2 else None
+    return None if width is None else int(width)
+
+
 def comfyui_version() -> tuple[int, ...] | None:
     """The running ComfyUI's version as a tuple of ints, None when it cannot be read."""
     try:
@@ -180,10 +196,34 @@ class FamilyAdapter:
 
     # -- Apply Latent Direction -----------------------------------------------------------------------
 
+    def attention_inputs(self, key: str) -> list:
+        """DiTs: [(path of a q/k/v Linear in the diffusion model, (start, stop) of its q/k/v output columns,
+        token_rows rule (call, sequence length) -> slice of the image rows)] of layer `key`: where the image
+        tokens' self-attention input enters (Apply's edit, the spread probe)."""
+        raise NotImplementedError
+
     def install_direction(self, model, patch) -> None:
         """Install a direction_patch.LatentDirectionPatch on a clone (model), through the patcher only.
-        The window wrappers (direction_patch.install_window_wrappers) are installed here too."""
-        raise NotImplementedError
+        The window wrappers (direction_patch.install_window_wrappers) are installed here too. Default (DiTs):
+        object patches on the Linears of attention_inputs (linear_edit.LinearInputEdit)."""
+        from ..linear_edit import install_linear_edits
+
+        install_linear_edits(model, patch, self.attention_inputs)
+
+    def install_input_probe(self, model, observer, keys) -> None:
+        """Show the image tokens' self-attention input z (rows, tokens, d) of the layers `keys` to
+        observer(layer key, z, sigma, t) on every model call of the clone `model` (sigma, t: the call's
+        highest noise level and the timestep the model is fed there), leaving the output as it is (the
+        spread measurement, sae_patches/input_probe.py). Default
+        (DiTs): linear_edit.LinearInputProbe on the first Linear of attention_inputs."""
+        from ..linear_edit import install_linear_probes
+
+        install_linear_probes(model, observer, keys, self.attention_inputs)
+
+    def text_width(self) -> int | None:
+        """Width of the text embeddings the model takes (its text input Linear's in_features), None when it
+        cannot be read (the swap checks the sampler's conditioning against it)."""
+        return None
 
     # -- for the swap (see the module docstring) ------------------------------------------------------
 
@@ -233,7 +273,7 @@ class FamilyAdapter:
         from ..dit_swap import install_joint_swap
 
         install_joint_swap(model, self.swap_hook(), self.swap_layers(layers), window,
-                           model.get_model_object("diffusion_model"))
+                           model.get_model_object("diffusion_model"), self.text_width(), self.display)
 
     def install_self_attention_swap(self, model, chosen: list[LayerInfo], window, inversion=None,
                                     pin_source: bool = True) -> None:

@@ -1,5 +1,5 @@
 """What the DiT family adapters other than Flux share (Qwen-Image, SD3/3.5, Lumina2/Z-Image): the layer
-presets, the Apply install on q/k/v Linears, the swap's (block_type, index) pairs.
+presets, the block keys of attention calls, token counts.
 
 Layer keys follow ComfyUI's own block naming (transformer_options["block_type"] / patches_replace["dit"]
 keys): every joint block is "double.<i>"; a second self-attention inside block i (SD3.5 Medium's MMDiT-X
@@ -66,26 +66,6 @@ def dit_select(layers: list[LayerInfo], preset: str, custom: str, default, help_
                          f"same token grid: choose 'all' or 'custom list' ({help_text})")
     raise ValueError(f"unknown layer preset {preset!r}; on {display} models choose 'all', '{FPE_PRESET}' or "
                      "'custom list'")
-
-
-def install_linear_edits(model, patch, targets) -> None:
-    """Apply Latent Direction's object patches on a clone: for every layer key of the patch, targets(key)
-    gives [(Linear path in the diffusion model, (start, stop) of its q/k/v output columns, token_rows rule)];
-    one linear_edit.LinearInputEdit per Linear (a chained Apply node adds its edit to the one there)."""
-    from ..direction_patch import install_window_wrappers
-    from ..linear_edit import LinearInputEdit
-
-    install_window_wrappers(model)
-    for key in patch.vectors:
-        for path, columns, rows in targets(key):
-            name = f"{PREFIX}{path}.forward"
-            existing = model.object_patches.get(name)
-            if isinstance(existing, LinearInputEdit):
-                forward = existing.with_edit(patch, key)
-            else:
-                forward = LinearInputEdit(path, columns, rows, ((patch, key),), model.get_model_object(f"{PREFIX}{path}"),
-                                          inner=existing)
-            model.add_object_patch(name, forward)
 
 
 def layer_from_block(extra_options) -> str | None:

@@ -37,7 +37,7 @@ block_type, block_index); layers as ("double", i) / ("single", i).
 from __future__ import annotations
 
 from ...sae_math.layers import FPE_PRESET, LayerInfo, select_layers
-from .base import FamilyAdapter, QKVSource, TokenLayout
+from .base import FamilyAdapter, QKVSource, TokenLayout, linear_in_features
 
 PREFIX = "diffusion_model."
 _MODEL_MODULES = ("comfy.ldm.flux.model", "comfy.ldm.chroma.model")
@@ -150,24 +150,13 @@ class FluxAdapter(FamilyAdapter):
         d = layer.width
         return QKVSource(keys=(f"{PREFIX}{self._linear_path(layer)}.weight",), rows=((0, d), (d, 2 * d), (2 * d, 3 * d)))
 
-    def install_direction(self, model, patch):
-        from ..direction_patch import install_window_wrappers
-        from ..linear_edit import LinearInputEdit
+    def attention_inputs(self, key):
+        layer = {x.key: x for x in self.layers()}[key]
+        rows = FluxImageRows(int(self._dm.patch_size), layer.block[0] == "double")
+        return [(self._linear_path(layer), (0, 3 * layer.width), rows)]
 
-        install_window_wrappers(model)
-        by_key = {x.key: x for x in self.layers()}
-        patch_size = int(self._dm.patch_size)
-        for key in patch.vectors:
-            layer = by_key[key]
-            path = self._linear_path(layer)
-            name = f"{PREFIX}{path}.forward"
-            existing = model.object_patches.get(name)
-            if isinstance(existing, LinearInputEdit):
-                forward = existing.with_edit(patch, key)
-            else:
-                forward = LinearInputEdit(path, (0, 3 * layer.width), FluxImageRows(patch_size, layer.block[0] == "double"),
-                                          ((patch, key),), model.get_model_object(f"{PREFIX}{path}"), inner=existing)
-            model.add_object_patch(name, forward)
+    def text_width(self):
+        return linear_in_features(getattr(self._dm, "txt_in", None))
 
     # -- for the swap ---------------------------------------------------------------------------------
 

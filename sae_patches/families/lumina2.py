@@ -23,11 +23,10 @@ block_type / block_index): 0.33 only.
 from __future__ import annotations
 
 from ...sae_math.joint_swap import padded_image_tokens
-from .base import QKVSource
+from .base import QKVSource, linear_in_features
 from .dit_common import (
     PREFIX,
     JointBlocksAdapter,
-    install_linear_edits,
     patch_tokens,
     row_error,
 )
@@ -56,9 +55,10 @@ class Lumina2Adapter(JointBlocksAdapter):
     name = "lumina2"
     display = "Lumina2/Z-Image"
     help_text = HELP
-    # Not "inversion" yet: on the tiny Z-Image the pinned reconstruction through the nodes is off by 7.4e-3
-    # (other flow families: < 1e-6) and the unpinned one by 0.31; to be understood before the node offers it.
-    capabilities = ("directions", "apply", "swap")
+    # Invert Latent: the reversed flow ODE as on every flow family. On the tiny random Z-Image of the tests
+    # the first step's fixed point needs a first sigma <= ~0.02 (150 steps) to converge; the node warns with
+    # the residual when it does not (inversion.invert).
+    capabilities = ("directions", "apply", "swap", "inversion")
     min_comfyui = {"swap": (0, 33, 0), "inversion": (0, 33, 0)}  # block_index in transformer_options: 0.33
 
     @classmethod
@@ -82,15 +82,14 @@ class Lumina2Adapter(JointBlocksAdapter):
     def qkv_source(self, layer):
         return QKVSource(keys=(f"{PREFIX}{layer.module_path}.attention.qkv.weight",), rows=self.row_ranges(layer))
 
-    def install_direction(self, model, patch):
-        by_key = {x.key: x for x in self.layers()}
+    def attention_inputs(self, key):
+        layer = {x.key: x for x in self.layers()}[key]
         rows = LuminaImageRows(self._dm.patch_size, getattr(self._dm, "pad_tokens_multiple", None))
+        return [(f"{layer.module_path}.attention.qkv", (0, self.row_ranges(layer)[2][1]), rows)]
 
-        def targets(key):
-            layer = by_key[key]
-            return [(f"{layer.module_path}.attention.qkv", (0, self.row_ranges(layer)[2][1]), rows)]
-
-        install_linear_edits(model, patch, targets)
+    def text_width(self):
+        embedder = getattr(self._dm, "cap_embedder", None)  # Sequential(RMSNorm, Linear)
+        return linear_in_features(embedder[-1] if embedder is not None and len(embedder) else None)
 
     # -- for the swap ---------------------------------------------------------------------------------
 

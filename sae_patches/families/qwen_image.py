@@ -22,11 +22,10 @@ Presets: "all", "custom list" ("double", "double.3"); the FPE default is every b
 
 from __future__ import annotations
 
-from .base import QKVSource, TokenLayout
+from .base import QKVSource, TokenLayout, linear_in_features
 from .dit_common import (
     PREFIX,
     JointBlocksAdapter,
-    install_linear_edits,
     patch_tokens,
     row_error,
 )
@@ -77,14 +76,13 @@ class QwenImageAdapter(JointBlocksAdapter):
     def qkv_source(self, layer):
         return QKVSource(keys=tuple(f"{PREFIX}{p}.weight" for p in self._paths(layer)))
 
-    def install_direction(self, model, patch):
-        by_key = {x.key: x for x in self.layers()}
+    def attention_inputs(self, key):
         rows = QwenImageRows(self._dm.patch_size)
+        layer = {x.key: x for x in self.layers()}[key]
+        return [(p, (0, int(self._dm.get_submodule(p).out_features)), rows) for p in self._paths(layer)]
 
-        def targets(key):
-            return [(p, (0, int(self._dm.get_submodule(p).out_features)), rows) for p in self._paths(by_key[key])]
-
-        install_linear_edits(model, patch, targets)
+    def text_width(self):
+        return linear_in_features(getattr(self._dm, "txt_in", None))
 
     # -- for the swap ---------------------------------------------------------------------------------
 

@@ -22,8 +22,8 @@ block i, i.e. both its joint attention and its MMDiT-X self-attention. Presets a
 
 from __future__ import annotations
 
-from .base import QKVSource
-from .dit_common import PREFIX, JointBlocksAdapter, install_linear_edits, patch_tokens, row_error
+from .base import QKVSource, linear_in_features
+from .dit_common import PREFIX, JointBlocksAdapter, patch_tokens, row_error
 
 _MODULE = "comfy.ldm.modules.diffusionmodules.mmdit"
 HELP = ("comma-separated: 'double' (every joint block, with SD3.5 Medium's image self-attention layers), a block "
@@ -74,10 +74,12 @@ class SD3Adapter(JointBlocksAdapter):
         d = layer.width
         return QKVSource(keys=(f"{PREFIX}{self._path(layer)}.weight",), rows=((0, d), (d, 2 * d), (2 * d, 3 * d)))
 
-    def install_direction(self, model, patch):
-        by_key = {x.key: x for x in self.layers()}
-        rows = SD3ImageRows(self._dm.patch_size)
-        install_linear_edits(model, patch, lambda key: [(self._path(by_key[key]), (0, 3 * by_key[key].width), rows)])
+    def attention_inputs(self, key):
+        layer = {x.key: x for x in self.layers()}[key]
+        return [(self._path(layer), (0, 3 * layer.width), SD3ImageRows(self._dm.patch_size))]
+
+    def text_width(self):
+        return linear_in_features(getattr(self._dm, "context_embedder", None))  # nn.Identity without a config: None
 
     # -- for the swap ---------------------------------------------------------------------------------
 

@@ -115,6 +115,16 @@ class UNetAdapter(FamilyAdapter):
         install_window_wrappers(model)
         model.set_model_attn1_patch(patch)
 
+    def install_input_probe(self, model, observer, keys):
+        from ..input_probe import Attn1InputProbe
+
+        model.set_model_attn1_patch(Attn1InputProbe(observer, model.get_model_object("model_sampling"), keys))
+
+    def text_width(self):
+        from ..swap_patch import expected_widths
+
+        return expected_widths(self.model.get_model_object("diffusion_model"))[0]
+
     def attention_hook(self):
         return "attn1_replace"
 
