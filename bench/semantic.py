@@ -139,7 +139,7 @@ def main(argv=None) -> int:
             partial.write_text(json.dumps(sc.rounded({**common, **result}), indent=1) + "\n")
 
         results["directions"] = {**common, **semantic_directions.run(ctx, config, log, save)}
-        partial.unlink(missing_ok=True)
+        save(results["directions"])  # kept until the whole run is written (a later stage may fail)
         sys.stdout.write(semantic_directions.tables(results["directions"]) + "\n\n")
     if args.only in (None, "swap"):
         results["swap"] = {**common, **semantic_swap.run(ctx, config, log)}
@@ -156,6 +156,8 @@ def main(argv=None) -> int:
         target = args.out_dir / (f"semantic_{name}.json" if config == "full" else f"semantic_{config}_{name}.json")
         target.write_text(json.dumps(sc.rounded(result), indent=1) + "\n")
         log(f"wrote {target}")
+    if args.only in (None, "directions"):
+        partial.unlink(missing_ok=True)
     log(f"total {time.perf_counter() - t0:.0f} s")
     return 0
 

@@ -109,7 +109,7 @@ def real(ctx, cfg, log, t0) -> dict:
     latent = ctx.vae.encode(torch.from_numpy(pixels))
     roundtrip = ctx.vae.decode(latent).cpu().float().numpy()
     positive = ctx.conditioning([world.caption(*f) for f in sources])
-    noise, inversion = invert.execute(ctx.model, positive, {"samples": latent}, ctx.steps, sc.SCHEDULER).args
+    noise, inversion = invert.execute(ctx.model, positive, {"samples": latent}, ctx.steps, sc.SCHEDULER).args[:2]
     start = noise["samples"].repeat_interleave(2, 0)
     texts = [t for f, tg in zip(sources, targets) for t in (world.caption(*f), world.caption(*tg))]
     truth = sc.Factors(np.array([s.colour for s in scenes]), np.array([s.shape for s in scenes]),

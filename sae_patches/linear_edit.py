@@ -142,9 +142,10 @@ def install_linear_edits(model, patch, targets) -> None:
 
 class LinearInputProbe:
     """An object-patch forward that shows the image rows of a q/k/v Linear's input, (rows, image tokens, d),
-    to observer(layer_key, z, sigma, t) (the call's highest sigma and its timestep) and returns the Linear's output unchanged (nothing is edited). Runs
-    whatever forward was there (inner: another pack's object patch or an Apply edit), so a probe sees the
-    input the model really gets."""
+    to observer(layer_key, z, sigma, t) (the call's highest sigma and its timestep) and returns the Linear's
+    output unchanged (nothing is edited). Runs whatever forward was there (inner: another pack's object
+    patch or an Apply edit), so other patches keep working; z is the input as the model passes it (an
+    Apply edit on the same Linear adds its shift inside, after the probe has seen z)."""
 
     def __init__(self, path: str, layer_key: str, token_rows: TokenRows, observer, module, inner=None):
         self.path = path

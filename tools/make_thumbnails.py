@@ -30,7 +30,7 @@ MAX_BYTES = 50_000
 BACKGROUND = (24, 24, 24)
 # What each picture of a workflow is (sources before targets, then in the order the workflow saves them).
 LABELS = {
-    "direction_explorer": ["rows: directions 0, 1, 2 · columns: alpha -0.4 … 0.4"],
+    "direction_explorer": ["rows: directions 0, 1, 2 · columns: alpha -4 … 4"],
     "direction_with_swap": ["source", "edited, layout held"],
     "prompt_edit_swap": ["source prompt", "target prompt"],
     "real_image_edit": ["reconstruction", "edit"],
