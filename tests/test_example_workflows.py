@@ -2,7 +2,8 @@
 model it loads (UI format converted the way the front end does, POST /prompt, /history) and makes the
 images it promises: the count and size stored in the file's extra.sae_expected.
 
-The Flux-style workflows (extra.sae_requires: Flux.1 weights, which no test machine has) are not run here;
+The Flux-style workflows and the SD1.5 / SDXL twins (extra.sae_requires: weights no test machine has) are not
+run here;
 they are converted to API format in tests/test_workflow_convert.py and loaded in tests/test_browser.py."""
 
 import json
@@ -28,10 +29,17 @@ def _runnable(path):
     return pytest.param(path, marks=marks, id=path.stem)
 
 
-def test_there_are_eight_example_workflows_using_only_core_and_our_nodes(object_info):
-    """Five on the demo model and three for Flux.1 (which say why they need other weights)."""
-    assert len(WORKFLOWS) == 8
-    assert sum(requires_weights(json.loads(p.read_text())) is not None for p in WORKFLOWS) == 3
+DEMO = ("direction_explorer", "direction_with_swap", "prompt_edit_swap", "real_image_edit", "single_direction_edit")
+TWINS = {"_sd15": (512, 30, "v1-5-pruned-emaonly.safetensors"), "_sdxl": (1024, 30, "sd_xl_base_1.0.safetensors")}
+
+
+def test_there_are_eighteen_example_workflows_using_only_core_and_our_nodes(object_info):
+    """Five on the demo model, their SD1.5 and SDXL twins (ten) and three for Flux.1; the thirteen that
+    need other weights say why."""
+    assert sorted(p.stem for p in WORKFLOWS) == sorted(
+        [*DEMO, *(f"{d}{t}" for d in DEMO for t in TWINS), "flux_direction_edit", "flux_prompt_edit_swap",
+         "flux_real_image_edit"])
+    assert sum(requires_weights(json.loads(p.read_text())) is not None for p in WORKFLOWS) == 13
     for path in WORKFLOWS:
         wf = json.loads(path.read_text())
         for node in wf["nodes"]:
@@ -54,6 +62,34 @@ def test_example_workflow_runs_through_a_real_server(comfy_server, object_info, 
             assert list(im.size) == expected["size"], f
 
 
+def _widgets(wf, node_type):
+    return [n["widgets_values"] for n in wf["nodes"] if n["type"] == node_type]
+
+
+@pytest.mark.parametrize("twin", TWINS)
+def test_twins_are_the_demo_graphs_at_the_models_native_size_and_steps(twin):
+    """Each demo workflow's SD1.5 / SDXL twin has the same nodes (the demo loader replaced by Load
+    Checkpoint of the twin's file, plus a Note, and an ImageScale of the 64 px example picture in the
+    real-image edit), every empty latent at the model's size, every sampler at its step count, and
+    extra.sae_requires naming the checkpoint; the image count matches the demo's."""
+    size, steps, checkpoint = TWINS[twin]
+    for name in DEMO:
+        demo = json.loads((REPO / "example_workflows" / f"{name}.json").read_text())
+        wf = json.loads((REPO / "example_workflows" / f"{name}{twin}.json").read_text())
+        types = sorted(n["type"] for n in wf["nodes"] if n["type"] not in ("Note", "ImageScale"))
+        want = sorted("CheckpointLoaderSimple" if n["type"] == "SAEdit_LoadShapesDemoModel" else n["type"]
+                      for n in demo["nodes"])
+        assert types == want, name
+        assert _widgets(wf, "CheckpointLoaderSimple") == [[checkpoint]]
+        assert wf["extra"]["sae_requires"]["models"] == {"checkpoints": [checkpoint]}
+        assert all(w[:2] == [size, size] for w in _widgets(wf, "EmptyLatentImage")), name
+        samplers = _widgets(wf, "KSampler") + _widgets(wf, "KSamplerAdvanced")
+        assert samplers and all(steps in w for w in samplers), name
+        assert wf["extra"]["sae_expected"]["images"] == demo["extra"]["sae_expected"]["images"]
+        if name == "real_image_edit":
+            assert [w[1:3] for w in _widgets(wf, "ImageScale")] == [[size, size]]
+
+
 def test_thumbnails_are_small_jpegs_beside_their_workflows():
     """example_workflows/<name>.jpg (tools/make_thumbnails.py) belongs to a workflow, is a 256 px JPEG and
     stays under 50 kB, so the repository and the template browser stay light."""
@@ -67,7 +103,7 @@ def test_thumbnails_are_small_jpegs_beside_their_workflows():
 
 @pytest.mark.server
 def test_template_browser_lists_every_workflow_with_its_thumbnail(comfy_server):
-    """GET /api/workflow_templates (what the template browser reads) lists our eight workflows under the
+    """GET /api/workflow_templates (what the template browser reads) lists our eighteen workflows under the
     pack, and each one's .json and .jpg are served where the front end fetches them."""
     from conftest_server import PACK_NAME
 

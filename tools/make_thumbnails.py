@@ -8,7 +8,8 @@ workflow's images side by side (source | target, original | edited; the explorer
 fitted into SIZE x SIZE on a dark background, as a JPEG kept under MAX_BYTES. The main job's default model is
 the shapes-world demo model, so these are real edits (the README shows them).
 
-Workflows that need other weights (extra.sae_requires: the Flux ones) cannot be rendered here: their
+Workflows that need other weights (extra.sae_requires: the Flux ones, the SD1.5 / SDXL twins) cannot be
+rendered here: their
 thumbnails are schematics of the graph, labelled as such ("schematic, not a render"), written by
 
     $SAE_VENV/bin/python tools/make_thumbnails.py --schematic
@@ -84,10 +85,30 @@ SCHEMATIC = {
                               "Self-Attention Swap", "KSampler on the pairs"],
     "flux_real_image_edit": ["LoadImage / VAEEncode", "Invert Latent (flow ODE)",
                              "Self-Attention Swap (pinned source)", "KSamplerAdvanced, no added noise"],
+    # the SD1.5 / SDXL twins of the demo workflows (keyed by the demo workflow's name)
+    "direction_explorer": ["Load Checkpoint", "Compute Attention Eigendirections", "Apply Latent Direction x3",
+                           "KSampler (alpha -0.4 .. 0.4) -> grid"],
+    "single_direction_edit": ["Load Checkpoint", "Compute Attention Eigendirections", "Apply Latent Direction",
+                              "KSampler (original | edited)"],
+    "prompt_edit_swap": ["Load Checkpoint", "Source/Target Conditioning", "Self-Attention Swap (FPE layers)",
+                         "KSampler on the pairs"],
+    "real_image_edit": ["LoadImage / ImageScale / VAEEncode", "Invert Latent (DDIM)",
+                        "Self-Attention Swap (pinned source)", "KSamplerAdvanced, no added noise"],
+    "direction_with_swap": ["Load Checkpoint", "Apply Latent Direction (0 | 0.3)", "Self-Attention Swap",
+                            "KSampler on the pairs"],
 }
+TWIN_FAMILIES = {"_sd15": "SD1.5", "_sdxl": "SDXL"}
 
 
-def schematic(title: str, steps: list[str], size: int = SIZE) -> Image.Image:
+def family_of(stem: str) -> tuple[str, str]:
+    """(the family's name, the workflow's name without the family) of a workflow needing other weights."""
+    for suffix, family in TWIN_FAMILIES.items():
+        if stem.endswith(suffix):
+            return family, stem.removesuffix(suffix)
+    return "Flux.1", stem
+
+
+def schematic(title: str, steps: list[str], size: int = SIZE, family: str = "Flux.1") -> Image.Image:
     """A labelled diagram of a workflow's node chain: clearly not a picture the workflow made."""
     canvas = Image.new("RGB", (size, size), BACKGROUND)
     draw = ImageDraw.Draw(canvas)
@@ -101,7 +122,7 @@ def schematic(title: str, steps: list[str], size: int = SIZE) -> Image.Image:
         draw.text((size // 2, y + box_h // 2), text, fill=(220, 220, 220), font=small, anchor="mm")
         if i + 1 < len(steps):
             draw.line((size // 2, y + box_h, size // 2, y + box_h + gap), fill=(110, 160, 230), width=2)
-    draw.text((size // 2, size - 10), "schematic, not a render (needs Flux weights)", fill=(240, 180, 90),
+    draw.text((size // 2, size - 10), f"schematic, not a render (needs {family} weights)", fill=(240, 180, 90),
               font=small, anchor="mb")
     return canvas
 
@@ -113,9 +134,10 @@ def write_schematics(dest: Path = REPO / "example_workflows") -> list[str]:
         wf = json.loads(path.read_text())
         if not wf.get("extra", {}).get("sae_requires"):
             continue
-        title = "Flux.1 · " + path.stem.removeprefix("flux_").replace("_", " ")
-        steps = SCHEMATIC.get(path.stem, [n["type"] for n in wf["nodes"] if n["type"] != "Note"][:5])
-        size = save_small_jpeg(schematic(title, steps), dest / f"{path.stem}.jpg")
+        family, name = family_of(path.stem)
+        title = f"{family} · " + name.removeprefix("flux_").replace("_", " ")
+        steps = SCHEMATIC.get(name, [n["type"] for n in wf["nodes"] if n["type"] != "Note"][:5])
+        size = save_small_jpeg(schematic(title, steps, family=family), dest / f"{path.stem}.jpg")
         sys.stderr.write(f"[thumbnails] {path.stem}.jpg: schematic, {size / 1000:.1f} kB\n")
         written.append(path.stem)
     return written

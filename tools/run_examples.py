@@ -5,9 +5,10 @@ with this pack installed as a custom node, and write the images and a summary to
 
 Default model: the shapes-world demo model shipped in models/ (an SD1.x-architecture model trained here on
 pictures of one coloured shape: tools/train_shapes.py, docs/shapes-model.md), so the edits are real on any
-machine. --checkpoint FILE runs the same graphs on an SD1.x checkpoint of yours; --standin on a stand-in with
-SD1.5's real layer shapes and random weights (noise pictures, full-size timings); COMFYUI_PATH selects
-another ComfyUI installation.
+machine. --checkpoint FILE runs the workflows' SD1.5 twins (example_workflows/*_sd15.json: the same graphs
+at 512 px, 30 steps, the papers' settings) on an SD1.x checkpoint of yours, --twin sdxl the SDXL twins (1024
+px) on an SDXL one; --standin runs the demo graphs on a stand-in with SD1.5's real layer shapes and random
+weights (noise pictures, full-size timings); COMFYUI_PATH selects another ComfyUI installation.
 """
 
 from __future__ import annotations
@@ -49,8 +50,9 @@ def use_checkpoint(api_prompt: dict, name: str) -> None:
 
 
 def run(out_dir: Path, checkpoint: Path | None = None, only=None, timeout: float = 1800,
-        standin: bool = False) -> dict:
-    """Every example workflow on the embedded demo model (default), on `checkpoint`, or on the stand-in."""
+        standin: bool = False, twin: str | None = None) -> dict:
+    """Every demo-model example workflow on the embedded demo model (default) or on the stand-in; with
+    `twin` ("sd15", "sdxl") the workflows' twins for that model family on `checkpoint` instead."""
     if standin:
         checkpoint = standin_checkpoint.ensure_standin_checkpoint()
     models = out_dir / ".models"
@@ -68,7 +70,9 @@ def run(out_dir: Path, checkpoint: Path | None = None, only=None, timeout: float
         for path in workflow_files(only):
             workflow = json.loads(path.read_text())
             reason = requires_weights(workflow)
-            if reason:  # the Flux-style workflows: their weights are not the demo model's or the stand-in's
+            if twin is not None:  # the user's checkpoint stands in for what the twins require
+                reason = None if path.stem.endswith(f"_{twin}") else f"not a {twin} twin (--twin {twin})"
+            if reason:  # Flux-style workflows and the twins: their weights are not the demo model's or the stand-in's
                 summary["skipped"][path.stem] = reason
                 sys.stderr.write(f"[examples] {path.stem}: skipped ({reason})\n")
                 continue
@@ -98,14 +102,17 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=REPO / "output", help="output folder (default: ./output)")
     ap.add_argument("--checkpoint", type=Path,
-                    help="an SD1.x .safetensors checkpoint to use instead of the embedded demo model (the prompts "
-                         "stay the demo world's)")
+                    help="an SD1.x .safetensors checkpoint (SDXL with --twin sdxl): runs the twins of the demo "
+                         "workflows at the model's native size and steps (the prompts stay the demo world's)")
+    ap.add_argument("--twin", choices=("sd15", "sdxl"), default="sd15",
+                    help="which twins --checkpoint runs (default sd15)")
     ap.add_argument("--standin", action="store_true",
                     help="use the stand-in (SD1.5 layer shapes, random weights: noise pictures, full-size speed)")
     ap.add_argument("--only", nargs="*", help="workflow names (file stems) to run")
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    summary = run(args.out.resolve(), args.checkpoint, args.only, standin=args.standin)
+    twin = args.twin if args.checkpoint is not None and not args.standin else None
+    summary = run(args.out.resolve(), args.checkpoint, args.only, standin=args.standin, twin=twin)
     sys.stderr.write(f"[examples] wrote {sum(len(s['images']) for s in summary['workflows'].values())} images and "
                      f"summary.md to {args.out}\n")
     return 0
