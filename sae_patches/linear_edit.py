@@ -41,6 +41,14 @@ def call_linear(path: str, module, call: ModelCall | None):
     return module
 
 
+def run_forward(inner, module, x, *args, **kwargs):
+    """The forward an object patch wraps: another pack's patch found there (inner), else the module class's
+    forward (the instance's forward is the patch itself)."""
+    if inner is not None:
+        return inner(x, *args, **kwargs)
+    return type(module).forward(module, x, *args, **kwargs)
+
+
 class LinearInputEdit:
     """The forward installed by add_object_patch("diffusion_model.<path>.forward", ...).
 
@@ -72,9 +80,7 @@ class LinearInputEdit:
         return call_linear(self.path, self.module, call)
 
     def _run(self, module, x, *args, **kwargs):
-        if self.inner is not None:
-            return self.inner(x, *args, **kwargs)
-        return type(module).forward(module, x, *args, **kwargs)  # the class's forward: the instance's is this object
+        return run_forward(self.inner, module, x, *args, **kwargs)
 
     def _vector(self, vector: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         key = (id(vector), like.device, like.dtype)
@@ -164,10 +170,7 @@ class LinearInputProbe:
             top = max(range(len(call.sigmas)), key=call.sigmas.__getitem__)
             self.observer(self.layer_key, x[:, self.token_rows(call, x.shape[1])], call.sigmas[top],
                           call.timesteps[top])
-        if self.inner is not None:
-            return self.inner(x, *args, **kwargs)
-        module = call_linear(self.path, self.module, call)
-        return type(module).forward(module, x, *args, **kwargs)
+        return run_forward(self.inner, call_linear(self.path, self.module, call), x, *args, **kwargs)
 
 
 def install_linear_probes(model, observer, keys, targets) -> None:
