@@ -36,7 +36,7 @@ import torch
 
 from ..sae_math.errors import NodeInputError
 from ..sae_math.joint_swap import image_token_range, padded_image_tokens, swap_image_qk
-from .swap_patch import SWAP_NODE
+from .swap_patch import SWAP_NODE, refuse_text_width, refuse_unpaired_batch
 
 # transformer_options keys this module adds (in copies of the options, never in the caller's dict).
 BLOCK_KEY = "self_attention_edit.dit_block"  # MMDiTBlockMarker -> (layer, text tokens, image tokens)
@@ -198,21 +198,10 @@ class SwapLatentShape:
         return self
 
     def __call__(self, executor, x, t, c_concat, c_crossattn, control, transformer_options, *args, **kwargs):
-        chunks = len(transformer_options.get("cond_or_uncond") or [0])
-        rows = x.shape[0]
-        if rows % chunks or (rows // chunks) % 2:
-            raise NodeInputError(
-                SWAP_NODE, "latent_image (of the sampler)", f"batch {rows // max(chunks, 1)}",
-                "the latent batch cannot be split into source/target pairs; a swap samples pairs "
-                "[s1, t1, s2, t2, ...]: make the sampler's latent with 'Make Source/Target Pairs'")
-        if (self.text_width and isinstance(c_crossattn, torch.Tensor) and c_crossattn.ndim == 3
-                and c_crossattn.shape[-1] != self.text_width):
-            raise NodeInputError(
-                SWAP_NODE, "positive/negative (of the sampler)", f"text width {c_crossattn.shape[-1]}",
-                f"this {self.display} model's text input takes embeddings of width {self.text_width}; the "
-                "conditioning comes from another model's text encoder (e.g. CLIP-L on a T5 model): encode "
-                "source and target prompts with the text encoder this model uses, then 'Source/Target "
-                "Conditioning'")
+        refuse_unpaired_batch(x.shape[0], transformer_options)
+        if isinstance(c_crossattn, torch.Tensor) and c_crossattn.ndim == 3:
+            refuse_text_width(c_crossattn.shape[-1], self.text_width, f"this {self.display} model's text input",
+                              "CLIP-L on a T5 model", "the text encoder this model uses")
         transformer_options = {**transformer_options, LATENT_SHAPE_KEY: tuple(x.shape)}
         return executor(x, t, c_concat, c_crossattn, control, transformer_options, *args, **kwargs)
 

@@ -348,6 +348,29 @@ def expected_widths(unet) -> tuple[int | None, int | None]:
     return context, adm
 
 
+def refuse_unpaired_batch(rows: int, transformer_options: dict) -> None:
+    """NodeInputError unless every cond/uncond chunk of a model call's rows (rows = chunks x batch) is a
+    whole number of source/target pairs: what the sampler feeds a swapped model, UNet or DiT."""
+    chunks = max(len(transformer_options.get("cond_or_uncond") or [0]), 1)
+    if rows % chunks or (rows // chunks) % 2:
+        raise NodeInputError(
+            SWAP_NODE, "latent_image (of the sampler)", f"batch {rows // chunks}",
+            "the latent batch cannot be split into source/target pairs; a swap samples pairs "
+            "[s1, t1, s2, t2, ...]: make the sampler's latent with 'Make Source/Target Pairs'")
+
+
+def refuse_text_width(given: int, expected: int | None, takes: str, example: str, encoder: str) -> None:
+    """NodeInputError when the sampler's text embeddings are `given` wide but the model takes `expected`
+    (None: unknown, not checked). takes: what takes them ("this model's cross-attention"); example: a
+    typical mix-up; encoder: the text encoder to use instead."""
+    if expected and given != expected:
+        raise NodeInputError(
+            SWAP_NODE, "positive/negative (of the sampler)", f"text width {given}",
+            f"{takes} takes text embeddings of width {expected}; the conditioning comes from another model "
+            f"family's text encoder (e.g. {example}): encode source and target prompts with {encoder}, then "
+            "'Source/Target Conditioning'")
+
+
 class SwapInputCheck:
     """WrappersMP.DIFFUSION_MODEL wrapper: checks what the sampler feeds a swapped model before the UNet
     runs. The swap node cannot see the latent or the conditioning (they go to the sampler), so without
@@ -362,20 +385,10 @@ class SwapInputCheck:
         return self
 
     def __call__(self, executor, x, timesteps, context, y, control, transformer_options, *args, **kwargs):
-        chunks = len(transformer_options.get("cond_or_uncond") or [0])
-        rows = x.shape[0]
-        if rows % chunks == 0 and (rows // chunks) % 2:
-            raise NodeInputError(
-                SWAP_NODE, "latent_image (of the sampler)", f"batch {rows // chunks}",
-                "the latent batch cannot be split into source/target pairs; a swap samples pairs "
-                "[s1, t1, s2, t2, ...]: make the sampler's latent with 'Make Source/Target Pairs'")
-        if context is not None and self.context_width and context.shape[-1] != self.context_width:
-            raise NodeInputError(
-                SWAP_NODE, "positive/negative (of the sampler)", f"text width {context.shape[-1]}",
-                f"this model's cross-attention takes text embeddings of width {self.context_width}; the "
-                "conditioning comes from another model family's text encoder (e.g. SD1.5 CLIP on an SDXL "
-                "model): encode source and target prompts with this checkpoint's CLIP, then 'Source/Target "
-                "Conditioning'")
+        refuse_unpaired_batch(x.shape[0], transformer_options)
+        if context is not None:
+            refuse_text_width(context.shape[-1], self.context_width, "this model's cross-attention",
+                              "SD1.5 CLIP on an SDXL model", "this checkpoint's CLIP")
         if y is not None and self.adm_width and y.shape[-1] != self.adm_width:
             raise NodeInputError(
                 SWAP_NODE, "positive/negative (of the sampler)", f"pooled/size vector width {y.shape[-1]}",
