@@ -56,7 +56,7 @@ class InputRecorder:
             h.remove()
 
 
-def image_slice(name, x_len, latent_shape, key, model):
+def image_slice(name, x_len, latent_shape, model):
     """The image rows of a layer input of x_len tokens, from the test bed's layout (not the adapters')."""
     if name == "sd15":
         return slice(0, x_len)  # attn1 of a UNet sees the image tokens only
@@ -123,7 +123,7 @@ def test_probe_measures_the_image_tokens_attention_input_inside_the_window(sae, 
             if not inside_of(float(sigmas.max())):
                 continue
             x = inputs[key]
-            z = x[:, image_slice(name, x.shape[1], shape, key, model)]
+            z = x[:, image_slice(name, x.shape[1], shape, model)]
             p, token_norm = reference_stats(z, n)
             projections.append(p)
             norms.append(token_norm)

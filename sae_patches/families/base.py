@@ -175,6 +175,14 @@ class FamilyAdapter:
         """Every self-attention layer of the image tokens, in execution order."""
         raise NotImplementedError
 
+    def layer(self, key: str) -> LayerInfo:
+        """The layer of layers() with this key (KeyError if none). The index is built once per adapter:
+        attention_inputs asks for every layer of a model in turn (Apply, the spread probe)."""
+        index = self.__dict__.get("_layer_index")
+        if index is None:
+            index = self._layer_index = {x.key: x for x in self.layers()}
+        return index[key]
+
     def select(self, layers: list[LayerInfo], preset: str, custom: str = "") -> list[LayerInfo]:
         """The layers a preset of sae_math.layers.LAYER_PRESETS names on this family (ValueError with the
         reason when the preset means nothing here or selects nothing)."""

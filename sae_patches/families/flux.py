@@ -151,7 +151,7 @@ class FluxAdapter(FamilyAdapter):
         return QKVSource(keys=(f"{PREFIX}{self._linear_path(layer)}.weight",), rows=((0, d), (d, 2 * d), (2 * d, 3 * d)))
 
     def attention_inputs(self, key):
-        layer = {x.key: x for x in self.layers()}[key]
+        layer = self.layer(key)
         rows = FluxImageRows(int(self._dm.patch_size), layer.block[0] == "double")
         return [(self._linear_path(layer), (0, 3 * layer.width), rows)]
 

@@ -83,7 +83,7 @@ class Lumina2Adapter(JointBlocksAdapter):
         return QKVSource(keys=(f"{PREFIX}{layer.module_path}.attention.qkv.weight",), rows=self.row_ranges(layer))
 
     def attention_inputs(self, key):
-        layer = {x.key: x for x in self.layers()}[key]
+        layer = self.layer(key)
         rows = LuminaImageRows(self._dm.patch_size, getattr(self._dm, "pad_tokens_multiple", None))
         return [(f"{layer.module_path}.attention.qkv", (0, self.row_ranges(layer)[2][1]), rows)]
 

@@ -78,7 +78,7 @@ class QwenImageAdapter(JointBlocksAdapter):
 
     def attention_inputs(self, key):
         rows = QwenImageRows(self._dm.patch_size)
-        layer = {x.key: x for x in self.layers()}[key]
+        layer = self.layer(key)
         return [(p, (0, int(self._dm.get_submodule(p).out_features)), rows) for p in self._paths(layer)]
 
     def text_width(self):

@@ -75,7 +75,7 @@ class SD3Adapter(JointBlocksAdapter):
         return QKVSource(keys=(f"{PREFIX}{self._path(layer)}.weight",), rows=((0, d), (d, 2 * d), (2 * d, 3 * d)))
 
     def attention_inputs(self, key):
-        layer = {x.key: x for x in self.layers()}[key]
+        layer = self.layer(key)
         return [(self._path(layer), (0, 3 * layer.width), SD3ImageRows(self._dm.patch_size))]
 
     def text_width(self):
