@@ -10,7 +10,7 @@ at each end is not a measurement: the allocator keeps or returns the stand-in's 
 17 runs of the same code read -18% to +7% that way. A leak grows cycle after cycle and moves the median; the
 allocator's swings do not.
 
-The figures (prompt counts, RSS at the end of warm-up and at the end, growth, durations) are logged and
+The figures (prompt counts, RSS at every cycle end, the two medians and the growth, durations) are logged and
 written to <cache>/logs/soak-<time>.json.
 """
 
