@@ -1,15 +1,16 @@
 """The semantic benchmark (issue 12): do the two editing methods do what their papers say, on the
 shapes-world demo model whose every factor the analyser reads back? Method A (eigendirections of C,
 bench/semantic_directions.py) and Method B (Self-Attention Swap, bench/semantic_swap.py); and the remedy the
-Method A numbers pointed to, directions from data (mean-input contrasts, bench/semantic_contrast.py).
+Method A numbers pointed to, directions from data (mean-input contrasts, bench/semantic_contrast.py); and the demo workflows' single-edit
+settings (bench/semantic_demo.py).
 
 Deterministic (fixed seeds, noise and captions), batched (a whole alpha sweep, or all pairs of a setting,
 in one latent batch), through the pack's own nodes and ComfyUI's own sampling. Writes JSON to
-bench/results/semantic_directions.json, semantic_swap.json, semantic_contrast.json (`--quick`: semantic_quick.json), markdown
+bench/results/semantic_directions.json, semantic_swap.json, semantic_contrast.json, semantic_demo.json (`--quick`: semantic_quick.json), markdown
 tables to stdout, and with --figures docs/semantic-directions.png and docs/semantic-swap.png.
 
     eval "$(scripts/bootstrap.sh)"; $SAE_VENV/bin/python bench/semantic.py [--quick] [--checkpoint FILE]
-        [--only directions|swap|contrast] [--figures] [--threads N]
+        [--only directions|swap|contrast|demo] [--figures] [--threads N]
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ sys.path.insert(0, str(HERE))
 
 import semantic_common as sc  # noqa: E402
 import semantic_contrast  # noqa: E402
+import semantic_demo  # noqa: E402
 import semantic_directions  # noqa: E402
 import semantic_swap  # noqa: E402
 
@@ -101,7 +103,7 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="the CI-sized variant (tests/test_semantic.py)")
     ap.add_argument("--config", choices=("full", "preliminary", "quick"), default=None,
                     help="counts (semantic_directions.CONFIGS); --quick is --config quick")
-    ap.add_argument("--only", choices=("directions", "swap", "contrast"), default=None)
+    ap.add_argument("--only", choices=("directions", "swap", "contrast", "demo"), default=None)
     ap.add_argument("--figures", action="store_true", help="write docs/semantic-directions.png and -swap.png")
     ap.add_argument("--figure-scale", default=None, help="alpha_scale of the direction figure (default: the "
                                                           "node's default)")
@@ -149,6 +151,9 @@ def main(argv=None) -> int:
     if args.only == "contrast" or (args.only is None and config in semantic_contrast.CONFIGS):
         results["contrast"] = {**common, **semantic_contrast.run(ctx, config, log)}
         sys.stdout.write(semantic_contrast.tables(results["contrast"]) + "\n\n")
+    if args.only == "demo" or (args.only is None and config in semantic_demo.CONFIGS):
+        results["demo"] = {**common, **semantic_demo.run(ctx, config, log)}
+        sys.stdout.write(semantic_demo.tables(results["demo"]) + "\n\n")
     if args.figures and "directions" in results:
         scale = args.figure_scale or sc.pack("sae_math.direction_math").SCALES[0]
         alphas = [float(a) for a in args.figure_alphas.split(",")]

@@ -1,7 +1,7 @@
 """Template-browser thumbnails: example_workflows/<name>.jpg from the images the main job wrote.
 
     scripts/run-examples.sh --out DIR        # renders every example workflow (summary.json lists the files)
-    $SAE_VENV/bin/python tools/make_thumbnails.py DIR
+    $SAE_VENV/bin/python tools/make_thumbnails.py DIR [--readme docs/demo-edits.png]
 
 ComfyUI's template browser shows <name>.jpg beside example_workflows/<name>.json. Each thumbnail holds the
 workflow's images side by side (source | target, original | edited; the explorer's sweep grid as it is),
@@ -37,6 +37,22 @@ LABELS = {
     "real_image_edit": ["reconstruction", "edit"],
     "single_direction_edit": ["original", "edited"],
 }
+# The README's picture (--readme): the demo workflows' thumbnails in a row, in the order the README describes.
+README_ORDER = ("direction_explorer", "prompt_edit_swap", "real_image_edit", "single_direction_edit",
+                "direction_with_swap")
+README_GAP = 5
+
+
+def readme_strip(canvases: dict[str, Image.Image]) -> Image.Image:
+    """The README_ORDER canvases side by side, README_GAP white pixels apart."""
+    row = [canvases[name] for name in README_ORDER]
+    strip = Image.new("RGB", (sum(c.width for c in row) + README_GAP * (len(row) - 1), max(c.height for c in row)),
+                      (255, 255, 255))
+    x = 0
+    for c in row:
+        strip.paste(c, (x, 0))
+        x += c.width + README_GAP
+    return strip
 
 
 def compose(images: list[Image.Image], labels=(), size: int = SIZE) -> Image.Image:
@@ -150,6 +166,8 @@ def main(argv=None) -> int:
     ap.add_argument("--dest", type=Path, default=REPO / "example_workflows")
     ap.add_argument("--schematic", action="store_true",
                     help="(re)write the schematic thumbnails of the workflows that need other weights")
+    ap.add_argument("--readme", type=Path, default=None,
+                    help="also write the README's picture (the demo thumbnails in a row) to this PNG")
     args = ap.parse_args(argv)
     if args.schematic:
         write_schematics(args.dest)
@@ -158,13 +176,18 @@ def main(argv=None) -> int:
             ap.error("give the run folder, or --schematic")
         return 0
     summary = json.loads((args.out / "summary.json").read_text())
+    canvases = {}
     for name, entry in summary["workflows"].items():
         if not (args.dest / f"{name}.json").is_file():
             continue
         files = sorted(entry["images"], key=lambda f: ("_target" in f, f))  # the server lists them in any order
         images = [Image.open(args.out / f) for f in files]
-        size = save_small_jpeg(compose(images, LABELS.get(name, ())), args.dest / f"{name}.jpg")
+        canvases[name] = compose(images, LABELS.get(name, ()))
+        size = save_small_jpeg(canvases[name], args.dest / f"{name}.jpg")
         sys.stderr.write(f"[thumbnails] {name}.jpg: {len(images)} image(s), {size / 1000:.1f} kB\n")
+    if args.readme:
+        readme_strip(canvases).save(args.readme, optimize=True)
+        sys.stderr.write(f"[thumbnails] {args.readme}: {', '.join(README_ORDER)}\n")
     return 0
 
 
