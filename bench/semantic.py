@@ -1,13 +1,14 @@
 """The semantic benchmark (issue 12): do the two editing methods do what their papers say, on the
 shapes-world demo model whose every factor the analyser reads back? Method A (eigendirections of C,
-bench/semantic_directions.py) and Method B (Self-Attention Swap, bench/semantic_swap.py); and the remedy the
-Method A numbers pointed to, directions from data (mean-input contrasts, bench/semantic_contrast.py); and the demo workflows' single-edit
-settings (bench/semantic_demo.py).
+bench/semantic_directions.py) and Method B (Self-Attention Swap, bench/semantic_swap.py); the remedy the
+Method A numbers pointed to, directions from data (mean-input contrasts, bench/semantic_contrast.py); and the
+demo workflows' single-edit settings (bench/semantic_demo.py).
 
 Deterministic (fixed seeds, noise and captions), batched (a whole alpha sweep, or all pairs of a setting,
 in one latent batch), through the pack's own nodes and ComfyUI's own sampling. Writes JSON to
-bench/results/semantic_directions.json, semantic_swap.json, semantic_contrast.json, semantic_demo.json (`--quick`: semantic_quick.json), markdown
-tables to stdout, and with --figures docs/semantic-directions.png and docs/semantic-swap.png.
+bench/results/semantic_directions.json, semantic_swap.json, semantic_contrast.json, semantic_demo.json
+(`--quick`: semantic_quick_*.json), markdown tables to stdout, and with --figures docs/semantic-directions.png
+and docs/semantic-swap.png.
 
     eval "$(scripts/bootstrap.sh)"; $SAE_VENV/bin/python bench/semantic.py [--quick] [--checkpoint FILE]
         [--only directions|swap|contrast|demo] [--figures] [--threads N]
