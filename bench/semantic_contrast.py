@@ -72,15 +72,15 @@ class RowMeans:
         return self.norms[key] / self.calls[key]
 
 
-def recorded(ctx, keys, texts, noise, window) -> RowMeans:
-    """Sample texts[i] from noise[i] (unedited) with a RowMeans on a clone."""
+def recorded(ctx, keys, texts, noise, window) -> tuple[RowMeans, np.ndarray]:
+    """Sample texts[i] from noise[i] (unedited) with a RowMeans on a clone: (the means, the images)."""
     families = sc.pack("sae_patches.families")
     dw = sc.pack("sae_math.direction_window")
     m = ctx.model.clone()
     probe = RowMeans(dw.window_for(m.get_model_object("model_sampling"), *window))
     families.adapter_for(m, "semantic benchmark").install_input_probe(m, probe, keys)
-    probe.images = sc.render(ctx, m, noise, texts, chunk=len(texts))  # one call: rows = (cond N, uncond N)
-    return probe
+    images = sc.render(ctx, m, noise, texts, chunk=len(texts))  # one call: rows = (cond N, uncond N)
+    return probe, images
 
 
 def as_directions(template, differences: dict):
@@ -102,8 +102,8 @@ def caption_contrast(ctx, template, edit: str, window, cfg) -> tuple[object, dic
     src, tgt = CAPTION_CONTRASTS[edit]
     combos = sc.combos(cfg["calibration"], offset=6000)
     noise = sc.seed_noise(ctx, [s for s, _ in combos])
-    a = recorded(ctx, template.keys, [world.caption(*with_value(f, edit, src)) for _, f in combos], noise, window)
-    b = recorded(ctx, template.keys, [world.caption(*with_value(f, edit, tgt)) for _, f in combos], noise, window)
+    a, _ = recorded(ctx, template.keys, [world.caption(*with_value(f, edit, src)) for _, f in combos], noise, window)
+    b, _ = recorded(ctx, template.keys, [world.caption(*with_value(f, edit, tgt)) for _, f in combos], noise, window)
     diff = {k: (b.rows(k).mean(0) - a.rows(k).mean(0)) for k in template.keys}
     return as_directions(template, diff), {k: float(diff[k].norm()) / a.token_norm(k) for k in template.keys}
 
@@ -111,9 +111,9 @@ def caption_contrast(ctx, template, edit: str, window, cfg) -> tuple[object, dic
 def factor_contrast(ctx, template, factor: str, window, cfg) -> tuple[object, dict]:
     world = sc.pure("shapes_world")
     combos = sc.combos(cfg["factor_calibration"], offset=7000)
-    probe = recorded(ctx, template.keys, [world.caption(*f) for _, f in combos],
-                     sc.seed_noise(ctx, [s for s, _ in combos]), window)
-    f = sc.read(probe.images)
+    probe, images = recorded(ctx, template.keys, [world.caption(*f) for _, f in combos],
+                             sc.seed_noise(ctx, [s for s, _ in combos]), window)
+    f = sc.read(images)
     value = np.log(f.h) if factor == "size" else f.cx
     ok = f.found
     lo = ok & (value <= np.quantile(value[ok], 1 / 3))

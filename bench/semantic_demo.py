@@ -26,18 +26,16 @@ def run(ctx, config: str = "full", log=print) -> dict:
     combos = sc.combos(cfg["seeds"])
     texts = [world.caption(*c) for _, c in combos]
     noise = sc.seed_noise(ctx, [s for s, _ in combos])
-    base = sc.read(sc.render(ctx, ctx.model, noise, texts))
+    base_imgs = sc.render(ctx, ctx.model, noise, texts)
+    base = sc.read(base_imgs)
     unit = sc.random_pair_change(base)
     result = {"config": config, "alphas": list(ALPHAS), "base_clean": float(np.mean(base.clean)), "directions": {}}
     for index in range(cfg["k"]):
         imgs = sd.sweep_images(ctx, dirs, index, "", ALPHAS, noise, texts)
-        at = {}
-        for j, alpha in enumerate(ALPHAS):
-            edit = sc.read(imgs[:, j])
-            change = sc.changes(edit, base)
-            at[str(alpha)] = {"size": sc.normalised(change, unit)["size"], "dlog_size": change["dlog_size"],
-                              "clean": change["clean"], "centre": change["centre"]}
-        result["directions"][str(index)] = at
+        result["directions"][str(index)] = {
+            str(c["alpha"]): {"size": c["normalised"]["size"], "dlog_size": c["dlog_size"], "clean": c["clean"],
+                              "centre": c["centre"]}
+            for c in sd.describe(imgs, ALPHAS, base, base_imgs, unit)["per_alpha"]}
         log(f"demo settings: direction {index} ({time.perf_counter() - t0:.0f} s)")
     result["wall_seconds"] = time.perf_counter() - t0
     return result
